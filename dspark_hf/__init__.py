@@ -1,0 +1,31 @@
+"""dspark-hf: DSpark speculative decoding as a Hugging Face Transformers plugin.
+
+Importing this package registers the `dspark` model type with the Auto classes and routes
+`generate(..., assistant_model=<DSparkDrafter>)` to the DSpark candidate generator.
+"""
+
+from transformers import AutoConfig, AutoModel
+
+from .configuration_dspark import DSparkConfig
+from .gating import ConfidenceThreshold, FixedLength, GatingPolicy, make_gating
+from .generation import DSparkCandidateGenerator, DSparkStats
+from .modeling_dspark import DSparkDrafter
+from .targets import DEFAULT_TARGET, load_target
+
+__version__ = "0.1.0"
+
+AutoConfig.register("dspark", DSparkConfig, exist_ok=True)
+AutoModel.register(DSparkConfig, DSparkDrafter, exist_ok=True)
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "ConfidenceThreshold",
+    "DSparkCandidateGenerator",
+    "DSparkConfig",
+    "DSparkDrafter",
+    "DSparkStats",
+    "FixedLength",
+    "GatingPolicy",
+    "load_target",
+    "make_gating",
+]

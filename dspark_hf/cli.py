@@ -1,0 +1,150 @@
+"""The `dspark` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from time import perf_counter
+from typing import Any
+
+import torch
+from transformers import TextStreamer
+
+from .drafters import load_drafter
+from .targets import load_target
+
+
+def _log(message: str) -> None:
+    print(f"[dspark] {message}", file=sys.stderr, flush=True)
+
+
+def encode_prompt(tokenizer, prompt: str, device: torch.device) -> dict[str, torch.Tensor]:
+    """Apply the chat template when the tokenizer has one (instruct targets), else tokenize the raw text."""
+    if not prompt.strip():
+        raise ValueError("The prompt is empty.")
+    if tokenizer.chat_template:
+        encoded = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+    else:
+        encoded = tokenizer(prompt, return_tensors="pt")
+    return {k: v.to(device) for k, v in encoded.items()}
+
+
+def sampling_kwargs(temperature: float) -> dict[str, Any]:
+    """Greedy at temperature 0, else plain sampling at that temperature (no top-k / top-p truncation)."""
+    if temperature < 0:
+        raise ValueError(f"--temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+
+
+def _timed_generate(target, inputs, seed: int, streamer=None, **kwargs) -> tuple[torch.Tensor, float]:
+    torch.manual_seed(seed)
+    if target.device.type == "cuda":
+        torch.cuda.synchronize()
+    started = perf_counter()
+    out = target.generate(**inputs, streamer=streamer, **kwargs)
+    if target.device.type == "cuda":
+        torch.cuda.synchronize()
+    return out[0, inputs["input_ids"].shape[1] :], perf_counter() - started
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    target, tokenizer = load_target(args.target, device=args.device, dtype=args.dtype)
+    drafter, trained = load_drafter(args.drafter, target)
+    if not trained:
+        _log(
+            "drafter: untrained (DSparkDrafter.from_target) - output is still exactly the target's, but drafts are "
+            "rarely accepted, so expect tau near 1 and no speed-up. Pass --drafter for a trained one."
+        )
+    inputs = encode_prompt(tokenizer, args.prompt, target.device)
+    kwargs = dict(
+        max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling_kwargs(args.temperature)
+    )
+    dspark_kwargs = dict(assistant_model=drafter, gating=args.gating)
+
+    # Warm up both paths once (allocator, kernels, lazy inits) so timings compare steady states.
+    warm = dict(kwargs, max_new_tokens=min(8, args.max_new_tokens))
+    _timed_generate(target, inputs, args.seed, **warm, **dspark_kwargs)
+    if args.compare:
+        _timed_generate(target, inputs, args.seed, **warm)
+
+    streamer = None if args.json else TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    tokens, seconds = _timed_generate(target, inputs, args.seed, streamer=streamer, **kwargs, **dspark_kwargs)
+    stats = drafter.stats
+    result: dict[str, Any] = {
+        "text": tokenizer.decode(tokens, skip_special_tokens=True),
+        "new_tokens": len(tokens),
+        "tau": stats.tau,
+        "rounds": stats.rounds,
+        "per_position_acceptance": stats.per_position_acceptance,
+        "dspark_tok_s": len(tokens) / seconds,
+        "dspark_seconds": seconds,
+        "drafter": str(args.drafter) if args.drafter else "untrained (DSparkDrafter.from_target)",
+        "drafter_trained": trained,
+        "target": target.config.name_or_path,
+        "device": str(target.device),
+        "temperature": args.temperature,
+        "gating": args.gating,
+    }
+    if args.compare:
+        plain, plain_seconds = _timed_generate(target, inputs, args.seed, **kwargs)
+        result["plain_tok_s"] = len(plain) / plain_seconds
+        result["plain_seconds"] = plain_seconds
+        result["speedup"] = result["dspark_tok_s"] / result["plain_tok_s"]
+        result["tokens_identical"] = plain.tolist() == tokens.tolist() if args.temperature == 0 else None
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print()
+    print(
+        f"DSpark : {result['new_tokens']} tokens in {seconds:.2f} s = {result['dspark_tok_s']:.1f} tok/s, "
+        f"tau {stats.tau:.2f} over {stats.rounds} rounds"
+    )
+    if args.compare:
+        identical = {True: "yes", False: "NO", None: "n/a (sampling)"}[result["tokens_identical"]]
+        print(f"plain  : {len(plain)} tokens in {plain_seconds:.2f} s = {result['plain_tok_s']:.1f} tok/s")
+        print(f"speed-up {result['speedup']:.2f}x, tokens identical: {identical}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dspark", description="DSpark speculative decoding for Transformers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="generate from one prompt with DSpark (optionally beside plain generate())")
+    gen.add_argument("--prompt", required=True, help="user message (the target's chat template is applied)")
+    gen.add_argument("--drafter", default=None, help="drafter folder or Hub id (default: an untrained drafter)")
+    gen.add_argument("--target", default=None, help="target Hub id, folder or .gguf (default: SmolLM2-135M-Instruct)")
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    gen.add_argument("--gating", choices=["threshold", "fixed"], default="threshold", help="prefix policy per round")
+    gen.add_argument("--compare", action="store_true", help="also run plain generate() and report the speed-up")
+    gen.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)")
+    gen.add_argument("--dtype", default=None, help="float32, bfloat16 ... (default: bf16 on CUDA, fp32 on CPU)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "max_new_tokens", 1) < 1:
+        parser.error("--max-new-tokens must be >= 1")
+    try:
+        if args.command == "generate":  # check cheap arguments before loading any model
+            sampling_kwargs(args.temperature)
+            if not args.prompt.strip():
+                raise ValueError("The prompt is empty.")
+        return args.func(args)
+    except (ValueError, OSError) as err:
+        print(f"dspark: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

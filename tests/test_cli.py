@@ -1,0 +1,97 @@
+"""The `dspark generate` command, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import tiny_target
+
+from dspark_hf import DSparkDrafter
+from dspark_hf.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_generate_compare_json_on_the_default_target():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dspark_hf.cli",
+            "generate",
+            "--prompt",
+            "What is 7 times 8?",
+            "--compare",
+            "--json",
+            "--max-new-tokens",
+            "24",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["tokens_identical"] is True
+    assert out["drafter_trained"] is False and "untrained" in result.stderr
+    assert out["new_tokens"] > 0 and out["text"].strip()
+    assert out["tau"] >= 1.0 and out["rounds"] > 0
+    assert out["dspark_tok_s"] > 0 and out["plain_tok_s"] > 0
+    assert out["speedup"] == pytest.approx(out["dspark_tok_s"] / out["plain_tok_s"])
+
+
+@pytest.fixture()
+def tiny_dir(tmp_path, smollm2):
+    _, tokenizer = smollm2
+    target = tiny_target(vocab_size=49152)
+    target.save_pretrained(tmp_path / "target")
+    tokenizer.save_pretrained(tmp_path / "target")
+    DSparkDrafter.from_target(target, markov_rank=0).save_pretrained(tmp_path / "drafter")
+    DSparkDrafter.from_target(tiny_target(vocab_size=49152, seed=5), markov_rank=0).save_pretrained(tmp_path / "other")
+    return tmp_path
+
+
+def test_generate_with_a_saved_drafter_human_output(tiny_dir, capsys):
+    code = main(
+        [
+            "generate",
+            "--prompt",
+            "hi",
+            "--target",
+            str(tiny_dir / "target"),
+            "--drafter",
+            str(tiny_dir / "drafter"),
+            "--max-new-tokens",
+            "12",
+            "--compare",
+            "--temperature",
+            "0.7",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "tok/s" in out and "speed-up" in out and "n/a (sampling)" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--prompt", "  "], 1, "prompt is empty"),
+        (["--prompt", "hi", "--max-new-tokens", "0"], 2, "max-new-tokens"),
+        (["--prompt", "hi", "--temperature", "-1"], 1, "temperature"),
+        (["--prompt", "hi", "--drafter", "{dir}/other"], 1, "not for"),
+        (["--prompt", "hi", "--drafter", "{dir}/target"], 1, "not a DSpark drafter"),
+    ],
+)
+def test_generate_errors_are_clear(tiny_dir, capsys, args, code, message):
+    args = [a.format(dir=tiny_dir) for a in args]
+    try:
+        assert main(["generate", "--target", str(tiny_dir / "target"), *args]) == code
+    except SystemExit as exit_:  # argparse usage errors exit with status 2
+        assert exit_.code == code
+    assert message in capsys.readouterr().err

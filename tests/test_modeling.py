@@ -1,0 +1,172 @@
+"""Config, construction, binding checks, and save/load through the Auto classes (with and without dspark_hf)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import tiny_target
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModel
+
+from dspark_hf import DSparkConfig, DSparkDrafter
+from dspark_hf.configuration_dspark import default_target_layer_ids
+from dspark_hf.drafters import load_drafter
+
+pytestmark = pytest.mark.compat
+
+
+def test_default_layers_follow_reference_recipe():
+    assert default_target_layer_ids(30) == [1, 8, 14, 20, 27]  # SmolLM2-135M: 5 layers from 1 to N-3
+    assert default_target_layer_ids(36) == [1, 9, 17, 25, 33]
+    ids = default_target_layer_ids(6)
+    assert ids == [1, 2, 3] and all(1 <= i <= 3 for i in ids)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(block_size=0), "block_size"),
+        (dict(markov_rank=-1), "markov_rank"),
+        (dict(gating="nope"), "gating"),
+        (dict(target_layer_ids=[0, 31]), "outside"),
+        (dict(block_size=3, confidence_temperatures=[1.0, 1.0]), "confidence_temperatures"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DSparkConfig(**kwargs)
+
+
+def test_from_target_shapes_and_shared_weights(tiny):
+    drafter = DSparkDrafter.from_target(tiny, markov_rank=8, num_hidden_layers=3)
+    cfg = drafter.config
+    assert (cfg.hidden_size, cfg.vocab_size, cfg.target_num_hidden_layers) == (32, 32, 6)
+    assert cfg.block_size == 7 and len(drafter.layers) == 3
+    assert drafter.fc.in_features == len(cfg.target_layer_ids) * 32
+    assert drafter.markov_in.weight.shape == (32, 8) and drafter.markov_out.weight.shape == (32, 8)
+    assert drafter.confidence_head.in_features == 32 + 8
+    # the target's embedding and head are used by reference and never stored in the drafter
+    names = set(drafter.state_dict())
+    assert not any("embed_tokens" in n or "lm_head" in n for n in names)
+    ids = torch.tensor([[3, 4]])
+    assert torch.equal(drafter.embed_tokens(ids), tiny.get_input_embeddings()(ids))
+
+
+def test_unbound_drafter_says_how_to_bind(tiny):
+    drafter = DSparkDrafter(DSparkDrafter.from_target(tiny).config)
+    with pytest.raises(RuntimeError, match="bind"):
+        drafter.embed_tokens(torch.tensor([[1]]))
+
+
+@pytest.mark.parametrize(
+    ("other", "message"),
+    [
+        (dict(hidden_size=64, intermediate_size=64), "hidden size 64 != 32"),
+        (dict(vocab_size=48), "vocabulary 48 != 32"),
+        (dict(num_hidden_layers=8), "layer count 8 != 6"),
+        (dict(seed=99), "fingerprint"),
+    ],
+)
+def test_binding_to_the_wrong_target_fails_clearly(tiny, other, message):
+    drafter = DSparkDrafter.from_target(tiny)
+    wrong = tiny_target(**other)
+    with pytest.raises(ValueError, match=message):
+        wrong.generate(torch.tensor([[1, 2, 3]]), assistant_model=drafter, max_new_tokens=3)
+
+
+def test_fingerprint_accepts_the_same_model_in_another_precision(tiny):
+    drafter = DSparkDrafter.from_target(tiny)
+    twin = tiny_target()
+    with torch.no_grad():  # simulate quantization noise (the GGUF build of the same model)
+        w = twin.get_input_embeddings().weight
+        w.add_(torch.randn_like(w) * w.std() * 0.1)
+    drafter.bind(twin.to(torch.bfloat16))
+    assert drafter.dtype == torch.bfloat16  # bind follows the target's dtype
+
+
+def test_save_and_load_roundtrip_with_auto_classes(tiny, tmp_path):
+    drafter = DSparkDrafter.from_target(tiny, markov_rank=8)
+    with torch.no_grad():
+        drafter.markov_out.weight.normal_()
+    drafter.save_pretrained(tmp_path)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "model.safetensors", "modeling_dspark.py", "configuration_dspark.py"} <= files
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "dspark"
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_dspark.DSparkConfig",
+        "AutoModel": "modeling_dspark.DSparkDrafter",
+    }
+    assert not any("embed_tokens" in k or "lm_head" in k for k in load_file(tmp_path / "model.safetensors"))
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), DSparkConfig)
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(loaded, DSparkDrafter)
+    for (name, a), (_, b) in zip(drafter.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_load_refuses_pickles_and_foreign_checkpoints(tiny, tmp_path):
+    drafter = DSparkDrafter.from_target(tiny)
+    drafter.save_pretrained(tmp_path / "pickled")
+    (tmp_path / "pickled" / "model.safetensors").unlink()
+    torch.save(drafter.state_dict(), tmp_path / "pickled" / "pytorch_model.bin")
+    with pytest.raises(OSError, match="safetensors"):
+        AutoModel.from_pretrained(tmp_path / "pickled")
+
+    drafter.save_pretrained(tmp_path / "corrupt")
+    (tmp_path / "corrupt" / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(Exception, match="(?i)safetensors|header|deserializ"):
+        AutoModel.from_pretrained(tmp_path / "corrupt")
+
+    tiny.save_pretrained(tmp_path / "llama")
+    with pytest.raises(ValueError, match="not a DSpark drafter"):
+        load_drafter(tmp_path / "llama", tiny)
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, torch
+    from transformers import AutoModel, AutoModelForCausalLM
+    target = AutoModelForCausalLM.from_pretrained(sys.argv[2]).eval()
+    drafter = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)
+    prompt = torch.tensor([[1, 5, 9, 2]])
+    plain = target.generate(prompt, max_new_tokens=20, do_sample=False)
+    spec = target.generate(prompt, assistant_model=drafter, max_new_tokens=20, do_sample=False)
+    print(json.dumps({
+        "class": type(drafter).__module__ + "." + type(drafter).__name__,
+        "dspark_hf_imported": any(m == "dspark_hf" or m.startswith("dspark_hf.") for m in sys.modules),
+        "identical": plain.tolist() == spec.tolist(),
+        "rounds": drafter.stats.rounds,
+    }))
+    """
+)
+
+
+def run_isolated(script: str, *args: str, env: dict[str, str] | None = None) -> dict:
+    """Run `script` in a fresh interpreter that never imports dspark_hf (it is not on its path as a module)."""
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1", **(env or {})},
+        cwd="/",
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_remote_code_without_dspark_hf_import(tiny, tmp_path):
+    """The code travels with the checkpoint: trust_remote_code alone loads it and generate() still routes to DSpark."""
+    DSparkDrafter.from_target(tiny, block_size=4).save_pretrained(tmp_path / "drafter")
+    tiny.save_pretrained(tmp_path / "target")
+    out = run_isolated(REMOTE_SCRIPT, str(tmp_path / "drafter"), str(tmp_path / "target"))
+    assert out["class"].startswith("transformers_modules.") and out["class"].endswith("modeling_dspark.DSparkDrafter")
+    assert not out["dspark_hf_imported"]
+    assert out["identical"] and out["rounds"] > 0

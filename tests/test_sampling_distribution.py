@@ -1,0 +1,110 @@
+"""Sampling through DSpark rounds follows the target's distribution (speculative sampling is lossless).
+
+Tiny target, vocabulary 6: the exact distribution of the first three generated tokens is enumerated (216 outcomes)
+and compared with the empirical one from `generate(..., assistant_model=drafter, do_sample=True)` by a chi-square
+goodness-of-fit test at significance 1e-3 (cells with expected count < 5 pooled). With max_new_tokens=5 the first
+round drafts and verifies three tokens, so tokens 2 and 3 come out of the accept / reject / resample logic. The same
+statistic must reject a nearby wrong distribution (the target at temperature x1.3), which shows the test has power.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from conftest import tiny_target
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper
+
+from dspark_hf import DSparkDrafter
+
+pytestmark = pytest.mark.compat
+
+VOCAB, PROMPT, SAMPLES, ALPHA_Z = 6, [1, 4, 2], 3000, 3.0902  # z for one-sided alpha = 1e-3
+
+
+def exact_joint(target, processors: LogitsProcessorList) -> dict[tuple[int, int, int], float]:
+    """P(x1, x2, x3 | prompt) under the target with `processors` applied at each step."""
+    outcomes = list(itertools.product(range(VOCAB), repeat=3))
+    ids = torch.tensor([PROMPT + list(o) for o in outcomes])
+    with torch.no_grad():
+        logits = target(ids).logits.float()
+    n = len(PROMPT)
+    joint = {}
+    for row, outcome in enumerate(outcomes):
+        prob = 1.0
+        for step in range(3):
+            scores = processors(ids[row : row + 1, : n + step], logits[row : row + 1, n - 1 + step])
+            prob *= torch.softmax(scores, dim=-1)[0, outcome[step]].item()
+        joint[outcome] = prob
+    return joint
+
+
+def chi_square(counts: dict, expected_probs: dict, total: int) -> tuple[float, float]:
+    """Statistic and critical value (Wilson-Hilferty) at alpha=1e-3, pooling cells expected below 5."""
+    stat, pooled_obs, pooled_exp, cells = 0.0, 0, 0.0, 0
+    for outcome, p in expected_probs.items():
+        expected, observed = p * total, counts.get(outcome, 0)
+        if expected < 5:
+            pooled_obs, pooled_exp = pooled_obs + observed, pooled_exp + expected
+            continue
+        stat += (observed - expected) ** 2 / expected
+        cells += 1
+    if pooled_exp > 0:
+        stat += (pooled_obs - pooled_exp) ** 2 / pooled_exp
+        cells += 1
+    df = cells - 1
+    critical = df * (1 - 2 / (9 * df) + ALPHA_Z * math.sqrt(2 / (9 * df))) ** 3
+    return stat, critical
+
+
+@pytest.mark.parametrize(
+    ("markov_rank", "warp"),
+    [(0, {}), (4, {}), (4, {"temperature": 0.8, "top_k": 4})],
+    ids=["markov-off", "markov-on", "markov-on-temperature-topk"],
+)
+def test_speculative_sampling_matches_target_distribution(markov_rank, warp):
+    target = tiny_target(vocab_size=VOCAB, seed=21, sharp=15.0)
+    drafter = DSparkDrafter.from_target(target, block_size=3, markov_rank=markov_rank)
+    torch.manual_seed(5)
+    with torch.no_grad():  # a drafter that disagrees with the target, so rejections and resampling happen
+        for p in drafter.parameters():
+            p.normal_(0, 0.3)
+        if drafter.markov_out is not None:
+            drafter.markov_out.weight.normal_(0, 1.0)
+
+    temperature, top_k = warp.get("temperature", 1.0), warp.get("top_k", 0)
+    processors = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
+    if top_k:
+        processors.append(TopKLogitsWarper(top_k))
+    expected = exact_joint(target, processors)
+
+    torch.manual_seed(1234)
+    prompt = torch.tensor([PROMPT])
+    counts: dict[tuple[int, ...], int] = {}
+    accepted = rejected = 0
+    for _ in range(SAMPLES):
+        out = target.generate(
+            prompt,
+            assistant_model=drafter,
+            do_sample=True,
+            max_new_tokens=5,
+            temperature=temperature,
+            top_k=top_k or None,
+            top_p=None,
+            gating="fixed",
+        )
+        key = tuple(out[0, len(PROMPT) : len(PROMPT) + 3].tolist())
+        counts[key] = counts.get(key, 0) + 1
+        first_round = drafter.stats.accepted_per_round[0]
+        accepted += first_round
+        rejected += first_round < drafter.stats.verified_per_round[0]
+
+    assert accepted > SAMPLES * 0.3 and rejected > SAMPLES * 0.3, "both accept and reject paths must be exercised"
+    stat, critical = chi_square(counts, expected, SAMPLES)
+    assert stat < critical, f"chi-square {stat:.1f} >= critical {critical:.1f}: not the target's distribution"
+
+    wrong = exact_joint(target, LogitsProcessorList([TemperatureLogitsWarper(temperature * 1.3), *processors[1:]]))
+    wrong_stat, wrong_critical = chi_square(counts, wrong, SAMPLES)
+    assert wrong_stat > wrong_critical, "the test cannot tell a slightly different distribution apart"
