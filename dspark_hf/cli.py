@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--compare", action="store_true", help="also run plain generate() and report the speed-up")
     gen.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)")
-    gen.add_argument("--dtype", default=None, help="float32, bfloat16 ... (default: bf16 on CUDA, fp32 on CPU)")
+    gen.add_argument("--dtype", default=None, help="float32 (default), bfloat16 ...")
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(func=cmd_generate)
     return parser

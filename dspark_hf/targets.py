@@ -40,9 +40,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """float32 unless asked otherwise: in bfloat16 a target's logits depend on how many tokens one forward carries,
+    so verifying a block and decoding token by token can break near-ties differently (measured on the H200, see
+    bench/); in float32 they agree. Pass `dtype="bfloat16"` for large targets."""
     if dtype is None or dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.float32
     if isinstance(dtype, str):
         resolved = getattr(torch, dtype, None)
         if not isinstance(resolved, torch.dtype):
@@ -112,10 +115,10 @@ def load_target(
     """Load a target model and its tokenizer, in eval mode on `device` (default: CUDA if present, else CPU).
 
     `name_or_path`: a Hub id, a local model directory, a `.gguf` file, or None for SmolLM2-135M-Instruct.
-    `dtype` defaults to bfloat16 on CUDA and float32 on CPU.
+    `dtype` defaults to float32 (see `resolve_dtype`).
     """
     device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
+    dtype = resolve_dtype(dtype)
     name = str(name_or_path) if name_or_path is not None else DEFAULT_TARGET
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter, defaultdict
 from itertools import pairwise
 from pathlib import Path
@@ -14,7 +15,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import dspark_hf
 from dspark_hf import DSparkDrafter
 
-EVAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval"
+# ../shared/data/eval beside the checkout; DSPARK_EVAL_DIR overrides it (the GPU machine gets a carried copy)
+EVAL_DIR = Path(os.environ.get("DSPARK_EVAL_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "eval"))
 
 
 def tiny_target(vocab_size: int = 32, seed: int = 0, sharp: float = 1.0, **overrides) -> LlamaForCausalLM:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import tiny_target
@@ -95,3 +96,12 @@ def test_generate_errors_are_clear(tiny_dir, capsys, args, code, message):
     except SystemExit as exit_:  # argparse usage errors exit with status 2
         assert exit_.code == code
     assert message in capsys.readouterr().err
+
+
+def test_quickstart_example_runs():
+    script = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--max-new-tokens", "16"], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "identical to plain generate(): True" in result.stdout
