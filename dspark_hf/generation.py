@@ -3,7 +3,8 @@
 One round, all in `DSparkCandidateGenerator.get_candidates`:
   1. append the target's features of the newly verified tokens to the drafter's context cache;
   2. one backbone pass over the anchor-first block → base logits and hidden states for γ positions;
-  3. `sequential_draft`: the Markov bias, the logits processors, token choice and confidences, left to right;
+  3. `markov_draft`: the Markov bias, the logits processors, token choice and confidences, left to right (one fused
+     Triton launch on CUDA, a PyTorch loop elsewhere or when arbitrary logits processors must run);
   4. cut at EOS and at the length budget, let the gating policy choose the prefix L, hand L drafts (with the exact
      logits they were sampled from) to Transformers, whose loop verifies them with one target forward.
 
@@ -20,11 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers.generation.candidate_generator import CandidateGenerator
+from transformers.generation.logits_process import LogitsProcessorList, TemperatureLogitsWarper
 
 from .gating import GatingPolicy, make_gating
+from .markov_kernel import markov_draft
 
 if TYPE_CHECKING:
-    from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel
+    from transformers import GenerationConfig, PreTrainedModel
 
     from .modeling_dspark import DSparkDrafter
 
@@ -72,42 +75,12 @@ class DSparkStats:
         }
 
 
-def sequential_draft(
-    drafter: DSparkDrafter,
-    base_logits: torch.Tensor,
-    hidden: torch.Tensor,
-    anchor: torch.Tensor,
-    prefix_ids: torch.Tensor,
-    logits_processor: LogitsProcessorList | None,
-    do_sample: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The left-to-right part of a round (PyTorch reference).
-
-    base_logits: (n, V) float32; hidden: (n, d); anchor: (1,) the token before position 0; prefix_ids: (1, t) the
-    sequence so far (logits processors see it grown by each draft, exactly as the target's processors will).
-    Returns tokens (n,), the processed logits each token was chosen from (n, V) — the q of speculative sampling —
-    and confidences (n,).
-    """
-    previous = anchor
-    tokens, q_logits, confidences = [], [], []
-    for k in range(base_logits.shape[0]):
-        logits = base_logits[k : k + 1]
-        bias = drafter.markov_bias(previous)
-        if bias is not None:
-            logits = logits + bias.float()
-        if logits_processor:
-            logits = logits_processor(prefix_ids, logits)
-        if do_sample:
-            token = torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1).view(1)
-        else:
-            token = logits.argmax(dim=-1)
-        confidences.append(drafter.confidence(hidden[k : k + 1], previous, position=k))
-        tokens.append(token)
-        q_logits.append(logits)
-        if logits_processor:
-            prefix_ids = torch.cat([prefix_ids, token.view(1, 1)], dim=-1)
-        previous = token
-    return torch.cat(tokens), torch.cat(q_logits), torch.cat(confidences)
+def split_temperature(logits_processor: LogitsProcessorList | None) -> tuple[float | None, list]:
+    """(temperature, other processors): the fused kernel applies a temperature itself; anything else needs the loop."""
+    processors = list(logits_processor or [])
+    if processors and isinstance(processors[0], TemperatureLogitsWarper):
+        return float(processors[0].temperature), processors[1:]
+    return None, processors
 
 
 class DSparkCandidateGenerator(CandidateGenerator):
@@ -130,12 +103,18 @@ class DSparkCandidateGenerator(CandidateGenerator):
         self.block_size = drafter.config.block_size
         self.max_length = generation_config.max_length
         self.do_sample = bool(generation_config.do_sample)
-        self.logits_processor = logits_processor if logits_processor else None
+        self.temperature, others = split_temperature(logits_processor)
+        if others:  # arbitrary processors run in the PyTorch loop, temperature included
+            self.temperature, self.logits_processor = None, LogitsProcessorList(list(logits_processor))
+        else:
+            self.logits_processor = None
         eos = getattr(generation_config, "_eos_token_tensor", None)
         self.eos_ids = set(eos.flatten().tolist()) if eos is not None else set()
         cfg = drafter.config
         gating = gating or drafter.gating or cfg.gating
         self.gating = make_gating(gating, cfg.confidence_threshold) if isinstance(gating, str) else gating
+        temps = cfg.confidence_temperatures
+        self.conf_temps = torch.tensor(temps, device=drafter.device) if temps is not None else None
         self.cache = drafter.new_context_cache()
         self.stats = DSparkStats(block_size=self.block_size)
         drafter.stats = self.stats
@@ -176,8 +155,19 @@ class DSparkCandidateGenerator(CandidateGenerator):
         context = [self.cache.get(i) for i in range(len(drafter.layers))]
         hidden = drafter(drafter.block_embeddings(anchor), positions, context)[0, :budget]
         base_logits = drafter.lm_head(hidden).float()
-        tokens, q_logits, confidences = sequential_draft(
-            drafter, base_logits, hidden, anchor, input_ids, self.logits_processor, self.do_sample
+        uniforms = torch.rand(base_logits.shape, device=base_logits.device) if self.do_sample else None
+        tokens, q_logits, confidences = markov_draft(
+            base_logits,
+            hidden,
+            anchor,
+            *drafter.markov_weights(),
+            drafter.confidence_head.weight[0],
+            drafter.confidence_head.bias,
+            self.conf_temps,
+            self.temperature,
+            uniforms,
+            logits_processor=self.logits_processor,
+            prefix_ids=input_ids,
         )
 
         token_list = tokens.tolist()

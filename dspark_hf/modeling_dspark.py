@@ -9,8 +9,9 @@ One round of drafting reads like this (see `generation.py` for the loop around i
    all cached context. The output at block position k predicts the token k+1 places after the anchor's position
    minus one, i.e. the anchor's output predicts the next token.
 3. Base logits come from the target's own (frozen, shared) LM head. The Markov head adds `W2 · W1[x_{k-1}]`,
-   left to right, so each position sees the token drafted just before it; the confidence head estimates the chance
-   that each draft survives verification.
+   left to right, so each position sees the token drafted just before it; the confidence head
+   `c_k = sigmoid(w · [h_k ; W1[x_{k-1}]] + b)` estimates the chance that each draft survives verification. That
+   sequential loop lives in `markov_kernel.py` (fused Triton kernel + PyTorch reference).
 
 Self-contained on purpose: this file travels with every checkpoint as Hub remote code.
 """
@@ -341,24 +342,11 @@ class DSparkDrafter(DSparkPreTrainedModel):
 
     # ----- the sequential part -------------------------------------------------------------------------------------
 
-    def markov_bias(self, previous_ids: torch.Tensor) -> torch.Tensor | None:
-        """`W2 · W1[x_{k-1}]` over the vocabulary, or None with the head off."""
+    def markov_weights(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(W1, W2), both (V, r): the bias at position k is `W2 · W1[x_{k-1}]`. (None, None) with the head off."""
         if self.markov_out is None:
-            return None
-        return self.markov_out(self.markov_in(previous_ids))
-
-    def confidence(self, hidden: torch.Tensor, previous_ids: torch.Tensor, position: int | None = None) -> torch.Tensor:
-        """Predicted probability that a draft survives verification, given its prefix survived.
-
-        `hidden`: (..., d) draft hidden state at the position; `previous_ids`: token drafted just before it.
-        `position` (0-based in the block) selects the calibrated temperature.
-        """
-        features = hidden if self.markov_in is None else torch.cat([hidden, self.markov_in(previous_ids)], dim=-1)
-        logit = self.confidence_head(features).squeeze(-1).float()
-        temps = self.config.confidence_temperatures
-        if temps is not None and position is not None:
-            logit = logit / temps[position]
-        return torch.sigmoid(logit)
+            return None, None
+        return self.markov_in.weight, self.markov_out.weight
 
     # ----- generate() integration ----------------------------------------------------------------------------------
 

@@ -10,10 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-import dspark_hf
-from dspark_hf import DSparkDrafter
+if not torch.cuda.is_available():  # Triton kernels run under the interpreter on CPU; must be set before importing it
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+import dspark_hf  # noqa: E402
+from dspark_hf import DSparkDrafter  # noqa: E402
 
 # ../shared/data/eval beside the checkout; DSPARK_EVAL_DIR overrides it (the GPU machine gets a carried copy)
 EVAL_DIR = Path(os.environ.get("DSPARK_EVAL_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "eval"))

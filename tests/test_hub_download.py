@@ -44,4 +44,5 @@ def test_download_with_remote_code_only(served):
     assert out["class"].startswith("transformers_modules.") and not out["dspark_hf_imported"]
     assert out["identical"] and out["rounds"] > 0
     fetched = {r.rsplit("/", 1)[-1] for r in hub.requests if r.startswith("GET") and "/resolve/" in r}
-    assert {"modeling_dspark.py", "generation.py", "gating.py", "configuration_dspark.py"} <= fetched
+    code = {"modeling_dspark.py", "generation.py", "gating.py", "markov_kernel.py", "configuration_dspark.py"}
+    assert code <= fetched
