@@ -105,7 +105,7 @@ class DSparkCandidateGenerator(CandidateGenerator):
         self.do_sample = bool(generation_config.do_sample)
         self.temperature, others = split_temperature(logits_processor)
         if others:  # arbitrary processors run in the PyTorch loop, temperature included
-            self.temperature, self.logits_processor = None, LogitsProcessorList(list(logits_processor))
+            self.temperature, self.logits_processor = None, logits_processor
         else:
             self.logits_processor = None
         eos = getattr(generation_config, "_eos_token_tensor", None)
@@ -170,14 +170,14 @@ class DSparkCandidateGenerator(CandidateGenerator):
             prefix_ids=input_ids,
         )
 
-        token_list = tokens.tolist()
+        # one device->host transfer per round: token ids (exact in float64) and prefix survival a_k = Π c_i
+        token_list, prefix_probs = torch.stack([tokens.double(), torch.cumprod(confidences.double(), 0)]).tolist()
         drafted = len(token_list)
         for k, token in enumerate(token_list):
-            if token in self.eos_ids:  # nothing after EOS can be kept, so never verify it
+            if int(token) in self.eos_ids:  # nothing after EOS can be kept, so never verify it
                 drafted = k + 1
                 break
-        prefix_probs = torch.cumprod(confidences[:drafted], dim=0).tolist()
-        length = max(0, min(int(self.gating(prefix_probs)), drafted))
+        length = max(0, min(int(self.gating(prefix_probs[:drafted])), drafted))
 
         self.stats.draft_time_s += perf_counter() - started
         self._pending = (drafted, length)
