@@ -164,13 +164,17 @@ _BARRIERS: dict[torch.device, list] = {}  # device -> [counter tensor, value it 
 
 
 def _barrier(device: torch.device, increments: int) -> tuple[torch.Tensor, int]:
-    """A grid-barrier counter that persists across launches (no memset launch per round)."""
+    """A grid-barrier counter that persists across launches (no memset launch per round). Returns the counter and
+    the value it holds now; call `_barrier_advance` only once the launch was enqueued, or the next launch would wait
+    for arrivals that never come."""
     entry = _BARRIERS.get(device)
     if entry is None or entry[1] + increments > 2**30:
         entry = _BARRIERS[device] = [torch.zeros(1, dtype=torch.int32, device=device), 0]
-    base = entry[1]
-    entry[1] += increments
-    return entry[0], base
+    return entry[0], entry[1]
+
+
+def _barrier_advance(device: torch.device, increments: int) -> None:
+    _BARRIERS[device][1] += increments
 
 
 def _num_ctas(device: torch.device, vocab: int, block_v: int) -> int:
@@ -223,6 +227,7 @@ def markov_draft_triton(
         SAMPLE=uniforms is not None, HAS_MARKOV=rank > 0, HAS_TEMPS=conf_temps is not None,
         BLOCK_V=block_v, BLOCK_R=block_r, BLOCK_D=1024, BLOCK_P=triton.next_power_of_2(ctas), num_warps=8,
     )  # fmt: skip
+    _barrier_advance(device, n * ctas)
     return tokens, q, confidences
 
 

@@ -110,3 +110,13 @@ def test_generate_is_lossless_through_either_backend(monkeypatch, backend):
     torch.manual_seed(0)
     again = target.generate(prompt, assistant_model=drafter, max_new_tokens=20, do_sample=True, temperature=0.9)
     assert sampled.tolist() == again.tolist()
+
+
+def test_a_failed_launch_leaves_the_barrier_counter_in_step():
+    """If a launch never reaches the GPU, the host must not count its arrivals: the next launch would spin forever."""
+    args = random_round(512, 8, 3, torch.float32, False, seed=9)
+    assert_same(args)
+    broken = dict(args, hidden=None)  # refused while the launch arguments are built, before anything is enqueued
+    with pytest.raises(AttributeError):
+        mk.markov_draft_triton(**broken)
+    assert_same(args)  # would hang if the counter had been advanced for the refused launch
