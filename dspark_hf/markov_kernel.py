@@ -55,6 +55,10 @@ def markov_draft_reference(
     `logits_processor` (Transformers' list, called with the growing `prefix_ids`) is applied after the temperature;
     the Triton kernel has no such hook."""
     d = hidden.shape[-1]
+    # float32 views of the weights, made once per round rather than once per position
+    w2_t = w2.float().T if w2 is not None else None
+    conf_hidden, conf_markov = conf_weight[:d].float(), conf_weight[d:].float()
+    bias = conf_bias.float()[0]
     previous = anchor.view(1)
     tokens, q_logits, confidences = [], [], []
     for k in range(base_logits.shape[0]):
@@ -62,16 +66,16 @@ def markov_draft_reference(
         w1_row = None
         if w1 is not None:
             w1_row = w1[previous].float()  # (1, r)
-            logits = logits + w1_row @ w2.float().T
+            logits = logits + w1_row @ w2_t
         if temperature is not None:
             logits = logits / temperature
         if logits_processor:
             logits = logits_processor(prefix_ids, logits)
         scores = logits if uniforms is None else logits + gumbel(uniforms[k : k + 1])
         token = scores.argmax(dim=-1)
-        conf_logit = hidden[k].float() @ conf_weight[:d].float() + conf_bias.float()[0]
+        conf_logit = hidden[k].float() @ conf_hidden + bias
         if w1_row is not None:
-            conf_logit = conf_logit + w1_row[0] @ conf_weight[d:].float()
+            conf_logit = conf_logit + w1_row[0] @ conf_markov
         if conf_temps is not None:
             conf_logit = conf_logit / conf_temps[k]
         confidences.append(torch.sigmoid(conf_logit).view(1))
