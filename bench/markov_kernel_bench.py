@@ -3,10 +3,11 @@
 
     python bench/markov_kernel_bench.py [--out bench/h200_markov_kernel.json]
 
-Part 1: one round (γ positions, V = 49152) with each backend, median of CUDA-event timings over many repeats.
-Part 2: greedy `generate()` on GSM8K prompts with an untrained drafter (fixed gating, all γ drafts verified) under
-each backend; per round: total time, drafting time, and the Markov/confidence call alone (host time from a profiled
-pass; the kernel's device time too).
+Part 1: one round (γ positions, V = 49152) with each backend, median of CUDA-event timings over many repeats;
+greedy, temperature sampling, and top-k (50) / top-p (0.9) sampling against Transformers' warpers in the loop.
+Part 2: `generate()` on GSM8K prompts with an untrained drafter (fixed gating, all γ drafts verified) under each
+backend, greedy (in ABBA order) and sampling with Transformers' defaults (top_k=50); per round: total time, drafting
+time, and the Markov/confidence call alone (host time from a profiled pass; the kernel's device time too).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 import torch
 import transformers
 import triton
+from transformers import LogitsProcessorList
+from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 import dspark_hf
 from dspark_hf import generation
@@ -45,7 +48,7 @@ def median_ms(fn, repeats: int = 200, warmup: int = 20) -> float:
     return statistics.median(times)
 
 
-def micro(vocab: int, rank: int, steps: int, dtype: torch.dtype, sample: bool) -> dict:
+def micro(vocab: int, rank: int, steps: int, dtype: torch.dtype, sample: bool, top_k=None, top_p=None) -> dict:
     g = torch.Generator(device="cuda").manual_seed(steps * 1000 + rank)
     d = 576
 
@@ -64,15 +67,24 @@ def micro(vocab: int, rank: int, steps: int, dtype: torch.dtype, sample: bool) -
         temperature=0.8 if sample else None,
         uniforms=torch.rand(steps, vocab, device="cuda", generator=g) if sample else None,
     )
-    ref = mk.markov_draft_reference(**args)
-    out = mk.markov_draft_triton(**args)
-    assert torch.equal(ref[0], out[0]), "kernel and reference disagree"
-    eager = median_ms(lambda: mk.markov_draft_reference(**args))
-    fused = median_ms(lambda: mk.markov_draft_triton(**args))
+    warpers = LogitsProcessorList(
+        ([TopKLogitsWarper(top_k)] if top_k else []) + ([TopPLogitsWarper(top_p)] if top_p else [])
+    )
+    prefix_ids = args["anchor"].view(1, 1)
+
+    def eager_call():
+        return mk.markov_draft_reference(**args, logits_processor=warpers, prefix_ids=prefix_ids)
+
+    def kernel_call():
+        return mk.markov_draft_triton(**args, top_k=top_k, top_p=top_p)
+
+    assert torch.equal(eager_call()[0], kernel_call()[0]), "kernel and reference disagree"
+    eager = median_ms(eager_call)
+    fused = median_ms(kernel_call)
     torch.cuda.synchronize()
     started = time.perf_counter()
     for _ in range(200):  # back to back, one sync at the end: bounded by host launch overhead if not by the GPU
-        mk.markov_draft_triton(**args)
+        kernel_call()
     torch.cuda.synchronize()
     host_bound = (time.perf_counter() - started) / 200 * 1000
     return {
@@ -81,6 +93,8 @@ def micro(vocab: int, rank: int, steps: int, dtype: torch.dtype, sample: bool) -
         "gamma": steps,
         "dtype": str(dtype).replace("torch.", ""),
         "sample": sample,
+        "top_k": top_k,
+        "top_p": top_p,
         "eager_ms": eager,
         "kernel_ms": fused,
         "kernel_back_to_back_ms": host_bound,
@@ -88,7 +102,9 @@ def micro(vocab: int, rank: int, steps: int, dtype: torch.dtype, sample: bool) -
     }
 
 
-def generate_share(backend: str, prompts: list[str], new_tokens: int, target, tokenizer, drafter) -> dict:
+def generate_share(
+    backend: str, prompts: list[str], new_tokens: int, target, tokenizer, drafter, sample: bool = False
+) -> dict:
     """Timing pass (no profiler) for tok/s and round time; one profiled pass for the Markov/confidence call.
 
     The call's cost is its host time (the round is launch-bound: that is what delays the next launch) and, for the
@@ -101,7 +117,9 @@ def generate_share(backend: str, prompts: list[str], new_tokens: int, target, to
     from dspark_hf.cli import encode_prompt
 
     os.environ[mk.BACKEND_ENV] = backend
-    kwargs = dict(max_new_tokens=new_tokens, do_sample=False, assistant_model=drafter, gating="fixed")
+    # sampling keeps Transformers' defaults (top_k=50): the kernel's top-k path
+    kwargs = dict(max_new_tokens=new_tokens, do_sample=sample, assistant_model=drafter, gating="fixed")
+    torch.manual_seed(0)
     encoded = [encode_prompt(tokenizer, p, target.device) for p in prompts]
     target.generate(**encoded[0], **kwargs)  # warm-up: kernel compile, allocator
     rounds = draft = total = tokens = 0.0
@@ -133,6 +151,7 @@ def generate_share(backend: str, prompts: list[str], new_tokens: int, target, to
     round_ms = 1000 * total / rounds
     return {
         "backend": backend,
+        "sample": sample,
         "rounds": int(rounds),
         "tok_s": tokens / total,
         "round_ms": round_ms,
@@ -149,26 +168,11 @@ def generate_share(backend: str, prompts: list[str], new_tokens: int, target, to
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="markov_kernel_bench.json")
-    parser.add_argument("--prompts", type=int, default=4)
-    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompts", type=int, default=3)
+    parser.add_argument("--only-top-k", action="store_true", help="part 1's top-k / top-p rows only")
+    parser.add_argument("--new-tokens", type=int, default=96)
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs CUDA"
-
-    micro_rows = [
-        micro(49152, rank, gamma, dtype, sample)
-        for gamma in (4, 8, 16)
-        for rank in (128,)
-        for dtype in (torch.float32, torch.bfloat16)
-        for sample in (False, True)
-    ]
-    micro_rows += [micro(49152, rank, 8, torch.bfloat16, False) for rank in (64, 256)]
-
-    from conftest import eval_prompts
-
-    target, tokenizer = dspark_hf.load_target(device="cuda")
-    drafter = dspark_hf.DSparkDrafter.from_target(target)  # rank 128, γ = 7
-    prompts = eval_prompts("gsm8k", args.prompts)
-    rounds = [generate_share(b, prompts, args.new_tokens, target, tokenizer, drafter) for b in ("torch", "triton")]
 
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -180,24 +184,50 @@ def main() -> None:
             "triton": triton.__version__,
         },
         "command": " ".join(["python", *sys.argv]),
-        "micro": micro_rows,
-        "generate_round": rounds,
+        "micro": [],
+        "generate_round": [],
     }
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    header = ("gamma", "rank", "dtype", "sample", "eager ms", "kernel ms", "x", "b2b ms")
-    print(" ".join(f"{h:>9}" for h in header))
-    for r in micro_rows:
+    out = Path(args.out)
+    header = ("gamma", "rank", "dtype", "sample", "top_k", "top_p", "eager ms", "kernel ms", "x", "b2b ms")
+    print(" ".join(f"{h:>9}" for h in header), flush=True)
+    dtypes = (torch.float32, torch.bfloat16)
+    settings = [(g, 128, dt, sample, None, None) for g in (4, 8, 16) for dt in dtypes for sample in (False, True)]
+    settings += [(8, rank, torch.bfloat16, False, None, None) for rank in (64, 256)]
+    # Transformers' default sampling (top_k=50), with and without top_p
+    settings += [(gamma, 128, torch.float32, True, 50, top_p) for gamma in (4, 8, 16) for top_p in (None, 0.9)]
+    if args.only_top_k:
+        settings = [row for row in settings if row[4]]
+    for gamma, rank, dtype, sample, top_k, top_p in settings:
+        r = micro(49152, rank, gamma, dtype, sample, top_k, top_p)
+        result["micro"].append(r)
+        out.write_text(json.dumps(result, indent=2))  # partial results survive a time limit
         print(
-            f"{r['gamma']:>9} {r['rank']:>9} {r['dtype']:>9} {r['sample']!s:>9} {r['eager_ms']:>9.3f} "
-            f"{r['kernel_ms']:>9.3f} {r['speedup']:>9.1f} {r['kernel_back_to_back_ms']:>9.3f}"
+            f"{r['gamma']:>9} {r['rank']:>9} {r['dtype']:>9} {r['sample']!s:>9} {r['top_k']!s:>9} {r['top_p']!s:>9} "
+            f"{r['eager_ms']:>9.3f} {r['kernel_ms']:>9.3f} {r['speedup']:>9.1f} {r['kernel_back_to_back_ms']:>9.3f}",
+            flush=True,
         )
-    for r in rounds:
+
+    if args.only_top_k:
+        return
+    from conftest import eval_prompts
+
+    target, tokenizer = dspark_hf.load_target(device="cuda")
+    drafter = dspark_hf.DSparkDrafter.from_target(target)  # rank 128, γ = 7
+    prompts = eval_prompts("gsm8k", args.prompts)
+    # greedy in ABBA order: a backend that always ran second would carry any drift (clocks, allocator) as its own
+    # cost; then sampling with Transformers' defaults (top_k=50)
+    runs = [(b, False) for b in ("torch", "triton", "triton", "torch")] + [(b, True) for b in ("triton", "torch")]
+    for backend, sample in runs:
+        r = generate_share(backend, prompts, args.new_tokens, target, tokenizer, drafter, sample)
+        result["generate_round"].append(r)
+        out.write_text(json.dumps(result, indent=2))
         print(
-            f"generate/{r['backend']}: {r['tok_s']:.1f} tok/s, "
+            f"generate/{r['backend']}/{'sample' if r['sample'] else 'greedy'}: {r['tok_s']:.1f} tok/s, "
             f"round {r['round_ms']:.2f} ms, draft "
             f"{r['draft_ms_per_round']:.2f} ms ({100 * r['draft_share_of_round']:.1f}%), markov+confidence host "
             f"{r['markov_confidence_host_ms_per_round']:.3f} ms ({100 * r['markov_confidence_share_of_round']:.2f}%), "
-            f"kernel device {r['kernel_device_ms_per_round']} ms"
+            f"kernel device {r['kernel_device_ms_per_round']} ms",
+            flush=True,
         )
 
 

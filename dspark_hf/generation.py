@@ -4,7 +4,7 @@ One round, all in `DSparkCandidateGenerator.get_candidates`:
   1. append the target's features of the newly verified tokens to the drafter's context cache;
   2. one backbone pass over the anchor-first block → base logits and hidden states for γ positions;
   3. `markov_draft`: the Markov bias, the logits processors, token choice and confidences, left to right (one fused
-     Triton launch on CUDA, a PyTorch loop elsewhere or when arbitrary logits processors must run);
+     Triton launch on CUDA for greedy, temperature, top-k and top-p; a PyTorch loop elsewhere or for other processors);
   4. cut at EOS and at the length budget, let the gating policy choose the prefix L, hand L drafts (with the exact
      logits they were sampled from) to Transformers, whose loop verifies them with one target forward.
 
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers.generation.candidate_generator import CandidateGenerator
-from transformers.generation.logits_process import LogitsProcessorList, TemperatureLogitsWarper
+from transformers.generation.logits_process import LogitsProcessorList
 
 from .gating import GatingPolicy, make_gating
 from .markov_kernel import markov_draft
@@ -75,14 +75,6 @@ class DSparkStats:
         }
 
 
-def split_temperature(logits_processor: LogitsProcessorList | None) -> tuple[float | None, list]:
-    """(temperature, other processors): the fused kernel applies a temperature itself; anything else needs the loop."""
-    processors = list(logits_processor or [])
-    if processors and isinstance(processors[0], TemperatureLogitsWarper):
-        return float(processors[0].temperature), processors[1:]
-    return None, processors
-
-
 class DSparkCandidateGenerator(CandidateGenerator):
     """Drafts with a bound `DSparkDrafter` from the target's own hidden states (batch size 1)."""
 
@@ -103,11 +95,7 @@ class DSparkCandidateGenerator(CandidateGenerator):
         self.block_size = drafter.config.block_size
         self.max_length = generation_config.max_length
         self.do_sample = bool(generation_config.do_sample)
-        self.temperature, others = split_temperature(logits_processor)
-        if others:  # arbitrary processors run in the PyTorch loop, temperature included
-            self.temperature, self.logits_processor = None, logits_processor
-        else:
-            self.logits_processor = None
+        self.logits_processor = LogitsProcessorList(logits_processor or [])  # `markov_draft` fuses what it can
         eos = getattr(generation_config, "_eos_token_tensor", None)
         self.eos_ids = set(eos.flatten().tolist()) if eos is not None else set()
         cfg = drafter.config
@@ -156,7 +144,7 @@ class DSparkCandidateGenerator(CandidateGenerator):
         hidden = drafter(drafter.block_embeddings(anchor), positions, context)[0, :budget]
         base_logits = drafter.lm_head(hidden).float()
         uniforms = torch.rand(base_logits.shape, device=base_logits.device) if self.do_sample else None
-        tokens, q_logits, confidences = markov_draft(
+        tokens, q_logits, _, prefix_probs = markov_draft(
             base_logits,
             hidden,
             anchor,
@@ -164,14 +152,13 @@ class DSparkCandidateGenerator(CandidateGenerator):
             drafter.confidence_head.weight[0],
             drafter.confidence_head.bias,
             self.conf_temps,
-            self.temperature,
-            uniforms,
+            uniforms=uniforms,
             logits_processor=self.logits_processor,
             prefix_ids=input_ids,
         )
 
         # one device->host transfer per round: token ids (exact in float64) and prefix survival a_k = Π c_i
-        token_list, prefix_probs = torch.stack([tokens.double(), torch.cumprod(confidences.double(), 0)]).tolist()
+        token_list, prefix_probs = torch.stack([tokens.double(), prefix_probs.double()]).tolist()
         drafted = len(token_list)
         for k, token in enumerate(token_list):
             if int(token) in self.eos_ids:  # nothing after EOS can be kept, so never verify it

@@ -5,6 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import tiny_target
+from transformers import LogitsProcessorList
+from transformers.generation.logits_process import (
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from dspark_hf import DSparkDrafter
 from dspark_hf import markov_kernel as mk
@@ -36,13 +43,25 @@ def random_round(vocab, rank, steps, dtype, sample, seed, d=96, temps=True):
     )
 
 
-def assert_same(args, **kernel_kwargs):
-    ref_tokens, ref_q, ref_conf = mk.markov_draft_reference(**args)
-    tokens, q, conf = mk.markov_draft_triton(**args, **kernel_kwargs)
+def assert_same(args, top_k=None, top_p=None, **kernel_kwargs):
+    """Kernel with top-k / top-p settings vs the reference running Transformers' own warpers."""
+    warpers = []
+    if top_k is not None:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p is not None:
+        warpers.append(TopPLogitsWarper(top_p))
+    prefix_ids = args["anchor"].view(1, 1)
+    ref_tokens, ref_q, ref_conf, ref_prefix = mk.markov_draft_reference(
+        **args, logits_processor=LogitsProcessorList(warpers), prefix_ids=prefix_ids
+    )
+    tokens, q, conf, prefix = mk.markov_draft_triton(**args, top_k=top_k, top_p=top_p, **kernel_kwargs)
     assert torch.equal(tokens, ref_tokens)
-    torch.testing.assert_close(q, ref_q, rtol=Q_RTOL, atol=Q_RTOL * ref_q.abs().max().item())
+    assert torch.equal(q.isinf(), ref_q.isinf())  # the same tokens filtered out
+    scale = ref_q[ref_q.isfinite()].abs().max().item()
+    torch.testing.assert_close(q, ref_q, rtol=Q_RTOL, atol=Q_RTOL * scale)
     torch.testing.assert_close(conf, ref_conf, rtol=0, atol=CONF_ATOL)
-    return tokens
+    torch.testing.assert_close(prefix, ref_prefix, rtol=0, atol=CONF_ATOL)
+    return tokens, q
 
 
 CASES = [  # (vocab, rank, steps, dtype, sample): the issue's grid, kept small enough for the interpreter
@@ -61,15 +80,81 @@ CASES = [  # (vocab, rank, steps, dtype, sample): the issue's grid, kept small e
 def test_kernel_matches_reference(vocab, rank, steps, dtype, sample):
     seed = int(torch.randint(0, 2**31 - 1, (1,)).item())  # fresh inputs every run; the seed is in the failure report
     args = random_round(vocab, rank, steps, dtype, sample, seed)
-    tokens = assert_same(args)
+    tokens, _ = assert_same(args)
     assert tokens.min() >= 0 and tokens.max() < vocab, seed
+
+
+TOP_CASES = [  # (vocab, rank, steps, dtype, sample, top_k, top_p); Transformers' default sampling is top_k=50
+    (49152, 64, 7, torch.float32, True, 50, None),
+    (49152, 64, 6, torch.bfloat16, True, 50, 0.9),
+    (32000, 0, 5, torch.float32, True, 1, None),
+    (32000, 256, 3, torch.bfloat16, True, 128, 0.5),
+    (151936, 0, 2, torch.bfloat16, True, 50, 0.95),
+    (49152, 0, 4, torch.float32, True, 7, 0.05),  # top-p below the top token's mass: keep at least one
+    (32000, 64, 4, torch.float32, False, 50, 0.8),
+]
+
+
+@pytest.mark.parametrize(("vocab", "rank", "steps", "dtype", "sample", "top_k", "top_p"), TOP_CASES)
+def test_kernel_top_k_top_p_match_transformers_warpers(vocab, rank, steps, dtype, sample, top_k, top_p):
+    seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    args = random_round(vocab, rank, steps, dtype, sample, seed)
+    _, q = assert_same(args, top_k=top_k, top_p=top_p)
+    kept = q.isfinite().sum(-1)
+    assert (kept >= 1).all() and (kept <= top_k).all(), seed
+    if top_p is None:
+        assert (kept == top_k).all(), seed  # random logits have no ties at the k-th value
+
+
+def test_top_k_merges_a_slice_sorted_in_chunks(monkeypatch):
+    """The GPU sorts a CTA's slice in register-sized chunks and merges their top keys; force that here."""
+    monkeypatch.setitem(mk.TOP_K_CHUNK, "interpreter", 512)
+    monkeypatch.setitem(mk.TOP_K_CHUNK, "cuda", 512)
+    seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    args = random_round(8192, 16, 3, torch.float32, True, seed)  # 16 chunks per position
+    _, q = assert_same(args, top_k=50, top_p=0.95)
+    assert (q.isfinite().sum(-1) <= 50).all(), seed
+
+
+def test_top_k_keeps_every_tie_of_the_kth_value():
+    args = random_round(4096, 16, 3, torch.float32, True, seed=5)
+    args["w1"].zero_()
+    args["base_logits"][:, [10, 700, 1500]] = 40.0  # three tokens tie for first place: top_k=2 keeps all three
+    _, q = assert_same(args, top_k=2)
+    assert (q.isfinite().sum(-1) == 3).all()
+
+
+def test_ties_past_the_candidate_list_fall_back_to_the_loop():
+    args = random_round(4096, 16, 3, torch.float32, True, seed=5)
+    args["w1"].zero_()
+    args["base_logits"][:, [10, 700, 1500, 3000, 3500]] = 40.0  # five-way tie; top_k=2 keeps a list of 4
+    tokens, *_ = mk.markov_draft_triton(**args, top_k=2)
+    assert (tokens == -1).any()  # flagged, not silently truncated
+    warpers = LogitsProcessorList([TopKLogitsWarper(2)])
+    prefix_ids = args["anchor"].view(1, 1)
+    ref = mk.markov_draft_reference(**args, logits_processor=warpers, prefix_ids=prefix_ids)
+    fused = mk.markov_draft(**args, logits_processor=warpers, prefix_ids=prefix_ids, backend="triton")
+    assert torch.equal(fused[0], ref[0]) and torch.equal(fused[1], ref[1])
+    assert (ref[1].isfinite().sum(-1) == 5).all()
+
+
+def test_fused_sampling_accepts_only_what_the_kernel_reproduces():
+    temp, top_k, top_p = TemperatureLogitsWarper(0.7), TopKLogitsWarper(50), TopPLogitsWarper(0.9)
+    assert mk.fused_sampling(None) == {}
+    assert mk.fused_sampling([temp, top_k, top_p]) == {"temperature": 0.7, "top_k": 50, "top_p": 0.9, "min_keep": 1}
+    assert mk.fused_sampling([top_k]) == {"top_k": 50}
+    assert mk.fused_sampling([top_p]) is None  # top-p alone has no bound on the candidates
+    assert mk.fused_sampling([TopKLogitsWarper(mk.MAX_FUSED_TOP_K + 1)]) is None
+    assert mk.fused_sampling([top_k, temp]) is None  # another order means another distribution
+    assert mk.fused_sampling([temp, RepetitionPenaltyLogitsProcessor(1.2)]) is None
+    assert mk.fused_sampling([TopKLogitsWarper(5, filter_value=-1e4)]) is None
 
 
 def test_ties_break_to_the_lowest_index():
     args = random_round(4096, 16, 4, torch.float32, False, seed=3)
     args["w1"].zero_()  # no bias: the base logits decide alone
     args["base_logits"][:, [100, 2000, 4000]] = 50.0  # three equal maxima at every position
-    tokens = assert_same(args)
+    tokens, _ = assert_same(args)
     assert tokens.tolist() == [100] * 4
 
 
@@ -77,7 +162,9 @@ def test_ties_break_to_the_lowest_index():
 @pytest.mark.parametrize("num_ctas", [1, 3, 17, 64])
 def test_grid_barrier_with_many_ctas(num_ctas):
     for sample in (False, True):
-        assert_same(random_round(49152, 64, 8, torch.bfloat16, sample, seed=num_ctas), num_ctas=num_ctas)
+        args = random_round(49152, 64, 8, torch.bfloat16, sample, seed=num_ctas)
+        assert_same(args, num_ctas=num_ctas)
+        assert_same(args, top_k=50, top_p=0.9, num_ctas=num_ctas)
 
 
 def test_backend_dispatch(monkeypatch):
