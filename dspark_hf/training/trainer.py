@@ -1,0 +1,111 @@
+"""Training a DSpark drafter with `transformers.Trainer`.
+
+`DSparkTrainingModel` puts the drafter and its frozen target behind one `forward(...) -> loss`, which is what
+Trainer, DDP (`torchrun`, `accelerate launch`) and gradient accumulation expect. Only the drafter is a registered
+submodule, so checkpoints hold the drafter alone and DDP syncs only its gradients. `DSparkTrainer` saves every
+checkpoint as a loadable drafter folder (config, safetensors, remote code), resumes from one, and logs the estimated
+per-position acceptance and τ next to the loss.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+from transformers import PreTrainedModel, Trainer
+
+from ..modeling_dspark import DSparkDrafter
+from .forward import training_forward
+from .losses import expected_tau
+
+
+class DSparkTrainingModel(nn.Module):
+    """The drafter and its frozen target as one module whose forward returns the DSpark (or ablation) loss."""
+
+    def __init__(
+        self, drafter: DSparkDrafter, target: PreTrainedModel, num_anchors: int = 64, loss_type: str = "dspark"
+    ):
+        super().__init__()
+        self.drafter = drafter.train()
+        object.__setattr__(self, "target", target.eval().requires_grad_(False))  # not a submodule: never saved
+        self.num_anchors = num_anchors
+        self.loss_type = loss_type
+        drafter.bind(target)
+
+    def _apply(self, fn, recurse: bool = True):  # .to()/.cuda() move the unregistered target too
+        self.target._apply(fn)
+        return super()._apply(fn, recurse)
+
+    def forward(
+        self, input_ids: torch.Tensor, loss_mask: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: Any
+    ) -> dict[str, torch.Tensor]:
+        loss, metrics = training_forward(
+            self.drafter, self.target, input_ids, loss_mask, attention_mask, self.num_anchors, self.loss_type
+        )
+        return {"loss": loss, **metrics}
+
+
+def collate_batch(rows: list[dict[str, list[int]]], pad_token_id: int = 0, max_length: int | None = None) -> dict:
+    """Right-pad rows of {"input_ids", "loss_mask"} to the longest (capped at `max_length`)."""
+    rows = [{k: r[k][:max_length] if max_length else r[k] for k in ("input_ids", "loss_mask")} for r in rows]
+    length = max(len(r["input_ids"]) for r in rows)
+    batch = {
+        "input_ids": torch.full((len(rows), length), pad_token_id, dtype=torch.long),
+        "loss_mask": torch.zeros(len(rows), length, dtype=torch.long),
+        "attention_mask": torch.zeros(len(rows), length, dtype=torch.long),
+    }
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        batch["input_ids"][i, :n] = torch.tensor(r["input_ids"])
+        batch["loss_mask"][i, :n] = torch.tensor(r["loss_mask"])
+        batch["attention_mask"][i, :n] = 1
+    return batch
+
+
+class DSparkTrainer(Trainer):
+    """Trainer for a `DSparkTrainingModel`: drafter-only checkpoints, resumable, acceptance estimates in the logs."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.model, DSparkTrainingModel):
+            raise TypeError("DSparkTrainer trains a DSparkTrainingModel(drafter, target)")
+        self._acceptance: list[torch.Tensor] = []
+
+    @property
+    def drafter(self) -> DSparkDrafter:
+        return self.model.drafter
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        self._acceptance.append(outputs["acceptance_by_position"].detach().float())
+        return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self._acceptance and "loss" in logs:
+            acceptance = torch.stack(self._acceptance).mean(0)
+            if self.args.world_size > 1 and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(acceptance)
+                acceptance /= self.args.world_size
+            self._acceptance.clear()
+            logs["tau_estimate"] = round(expected_tau(acceptance), 4)
+            logs.update({f"acceptance_{k + 1}": round(float(a), 4) for k, a in enumerate(acceptance)})
+        super().log(logs, *args, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Each checkpoint is a drafter folder `AutoModel.from_pretrained` loads; the target is never written."""
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        self.drafter.save_pretrained(output_dir, safe_serialization=True)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        path = os.path.join(resume_from_checkpoint, "model.safetensors")
+        if not os.path.isfile(path):
+            raise ValueError(f"{resume_from_checkpoint} holds no model.safetensors: not a DSpark training checkpoint")
+        self.drafter.load_state_dict(safetensors.torch.load_file(path, device=str(self.drafter.device)))

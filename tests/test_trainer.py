@@ -1,0 +1,90 @@
+"""DSparkTrainer on a tiny random target: it learns, checkpoints load as drafters, resume continues the schedule,
+and two-process DDP (gloo) through `torchrun` trains the same drafter on both ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from conftest import tiny_target
+from transformers import AutoModel, TrainingArguments
+
+from dspark_hf import DSparkDrafter
+from dspark_hf.training import DSparkTrainer, DSparkTrainingModel, collate_batch
+
+HERE = Path(__file__).resolve().parent
+
+
+def distillation_rows(target, n: int = 16, seed: int = 1) -> list[dict[str, list[int]]]:
+    """Self-distillation data: prompts continued by the target itself, loss on the continuation."""
+    prompts = torch.randint(0, 32, (n, 4), generator=torch.Generator().manual_seed(seed))
+    ids = target.generate(prompts, max_new_tokens=28, do_sample=False)
+    return [{"input_ids": row.tolist(), "loss_mask": [0] * 4 + [1] * (len(row) - 4)} for row in ids]
+
+
+def make_trainer(out: Path, steps: int, rows, init_seed: int = 0, seed: int = 0, **overrides) -> DSparkTrainer:
+    torch.manual_seed(init_seed)
+    target = tiny_target(seed=7, sharp=4.0)
+    drafter = DSparkDrafter.from_target(target, markov_rank=16, block_size=4)
+    settings = dict(
+        output_dir=str(out), max_steps=steps, per_device_train_batch_size=4, learning_rate=3e-3,
+        lr_scheduler_type="linear", warmup_steps=2, logging_steps=1, save_steps=steps // 2, report_to=[],
+        disable_tqdm=True, use_cpu=True, seed=seed, data_seed=seed, dataloader_num_workers=0,
+    )  # fmt: skip
+    args = TrainingArguments(**{**settings, **overrides})
+    model = DSparkTrainingModel(drafter, target, num_anchors=8)
+    return DSparkTrainer(model=model, args=args, train_dataset=rows, data_collator=collate_batch)
+
+
+def test_trainer_lowers_the_loss_and_checkpoints_are_drafters(tmp_path):
+    rows = distillation_rows(tiny_target(seed=7, sharp=4.0))
+    trainer = make_trainer(tmp_path, 30, rows)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
+    logged = [entry for entry in trainer.state.log_history if "tau_estimate" in entry]
+    assert logged and all(1.0 <= e["tau_estimate"] <= 5.0 and "acceptance_4" in e for e in logged)
+    checkpoint = tmp_path / "checkpoint-15"
+    assert not any(p.name.startswith("pytorch_model") for p in checkpoint.iterdir())
+    loaded = AutoModel.from_pretrained(checkpoint)  # a checkpoint is a drafter folder, target not included
+    assert type(loaded).__name__ == "DSparkDrafter"
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in trainer.drafter.parameters())
+    trainer.save_model(str(tmp_path / "final"))
+    final = AutoModel.from_pretrained(tmp_path / "final")
+    for (name, a), (_, b) in zip(trainer.drafter.state_dict().items(), final.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_resume_continues_the_schedule_and_the_weights(tmp_path):
+    """Resuming an 8-step run from its step-4 checkpoint ends where the uninterrupted run ended."""
+    rows = distillation_rows(tiny_target(seed=7, sharp=4.0))
+    full = make_trainer(tmp_path / "full", 8, rows)
+    full.train()  # writes checkpoint-4 on the way
+    resumed = make_trainer(tmp_path / "resumed", 8, rows, init_seed=1)  # another fresh init: the checkpoint must win
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
+    assert resumed.state.global_step == 8
+    lrs = {e["step"]: e["learning_rate"] for e in full.state.log_history if "learning_rate" in e}
+    resumed_lrs = {e["step"]: e["learning_rate"] for e in resumed.state.log_history if "learning_rate" in e}
+    assert sorted(resumed_lrs) == list(range(1, 9))  # steps 1-4 restored from the checkpoint's state, 5-8 trained
+    for step, lr in resumed_lrs.items():
+        assert abs(lr - lrs[step]) < 1e-12, (step, lr, lrs[step])
+    for (name, a), (_, b) in zip(full.drafter.state_dict().items(), resumed.drafter.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_two_process_ddp_through_torchrun(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(HERE / "ddp_train.py"), str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world_size"] == ranks[1]["world_size"] == 2
+    assert ranks[0]["checksum"] == ranks[1]["checksum"]  # gradients were all-reduced: identical drafters
+    assert ranks[0]["last_loss"] < 0.8 * ranks[0]["first_loss"]
+    assert (tmp_path / "out" / "final" / "model.safetensors").is_file()  # written once, by rank 0
