@@ -111,6 +111,38 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_data(args: argparse.Namespace) -> int:
+    from .training.data import prepare_data, read_prompts
+
+    prompts = read_prompts(args.prompts, args.limit)
+    target, tokenizer = load_target(args.target, device=args.device, dtype=args.dtype)
+    path = prepare_data(
+        target, tokenizer, prompts, args.output, args.max_new_tokens, args.batch_size, args.max_prompt_tokens,
+        args.temperature,
+    )  # fmt: skip
+    _log(f"{len(prompts)} conversations in {path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training.data import load_rows
+    from .training.trainer import train_drafter
+
+    rows = load_rows(args.data)
+    target, tokenizer = load_target(args.target, device=args.device, dtype=args.dtype)
+    extra = {"max_steps": args.steps} if args.steps else {"num_train_epochs": args.epochs}
+    trainer = train_drafter(
+        target, rows, args.output, markov_rank=args.markov_rank, block_size=args.block_size, loss_type=args.loss,
+        num_anchors=args.num_anchors, max_length=args.max_length,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        resume_from_checkpoint=args.resume, per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, bf16=args.bf16,
+        save_steps=args.save_steps, logging_steps=args.logging_steps, use_cpu=target.device.type == "cpu", **extra,
+    )  # fmt: skip
+    _log(f"drafter saved to {args.output} after {trainer.state.global_step} steps")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dspark", description="DSpark speculative decoding for Transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +159,41 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", default=None, help="float32 (default), bfloat16 ...")
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(func=cmd_generate)
+
+    prep = sub.add_parser("prepare-data", help="regenerate training responses with the target (resumable)")
+    prep.add_argument("--prompts", default="sharegpt", help="'sharegpt' (default) or a JSONL file of prompts")
+    prep.add_argument("--output", required=True, help="folder for data.jsonl")
+    prep.add_argument("--target", default=None, help="target Hub id, folder or .gguf (default: SmolLM2-135M-Instruct)")
+    prep.add_argument("--limit", type=int, default=None, help="use the first N prompts")
+    prep.add_argument("--max-new-tokens", type=int, default=512)
+    prep.add_argument("--max-prompt-tokens", type=int, default=1024)
+    prep.add_argument("--batch-size", type=int, default=8)
+    prep.add_argument("--temperature", type=float, default=0.0, help="0 = greedy responses (default)")
+    prep.add_argument("--device", default=None)
+    prep.add_argument("--dtype", default=None)
+    prep.set_defaults(func=cmd_prepare_data)
+
+    train = sub.add_parser("train", help="train a drafter for a target with transformers.Trainer")
+    train.add_argument("--data", required=True, help="folder or data.jsonl from `dspark prepare-data`")
+    train.add_argument("--output", required=True, help="checkpoints and the final drafter folder")
+    train.add_argument("--target", default=None, help="target Hub id, folder or .gguf (default: SmolLM2-135M-Instruct)")
+    train.add_argument("--markov-rank", type=int, default=128, help="0 = no Markov head (DFlash ablation)")
+    train.add_argument("--loss", choices=["dspark", "ce"], default="dspark", help="ce = the DFlash ablation's loss")
+    train.add_argument("--block-size", type=int, default=7)
+    train.add_argument("--steps", type=int, default=None, help="optimizer steps (default: --epochs)")
+    train.add_argument("--epochs", type=float, default=1.0)
+    train.add_argument("--batch-size", type=int, default=8, help="per device")
+    train.add_argument("--grad-accum", type=int, default=1)
+    train.add_argument("--lr", type=float, default=6e-4)
+    train.add_argument("--num-anchors", type=int, default=64, help="blocks trained per sequence")
+    train.add_argument("--max-length", type=int, default=2048)
+    train.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    train.add_argument("--save-steps", type=int, default=500)
+    train.add_argument("--logging-steps", type=int, default=10)
+    train.add_argument("--resume", default=None, help="checkpoint folder to resume from")
+    train.add_argument("--device", default=None)
+    train.add_argument("--dtype", default=None)
+    train.set_defaults(func=cmd_train)
     return parser
 
 

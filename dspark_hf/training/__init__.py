@@ -1,15 +1,20 @@
 """Training DSpark drafters: the parallel teacher-forced forward, the loss, and the Trainer around them."""
 
+from .data import load_rows, prepare_data, read_prompts
 from .forward import sample_anchors, training_forward
 from .losses import dspark_loss, position_weights
-from .trainer import DSparkTrainer, DSparkTrainingModel, collate_batch
+from .trainer import DSparkTrainer, DSparkTrainingModel, collate_batch, train_drafter
 
 __all__ = [
     "DSparkTrainer",
     "DSparkTrainingModel",
     "collate_batch",
     "dspark_loss",
+    "load_rows",
     "position_weights",
+    "prepare_data",
+    "read_prompts",
     "sample_anchors",
+    "train_drafter",
     "training_forward",
 ]

@@ -10,12 +10,13 @@ per-position acceptance and τ next to the loss.
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Any
 
 import safetensors.torch
 import torch
 from torch import nn
-from transformers import PreTrainedModel, Trainer
+from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from ..modeling_dspark import DSparkDrafter
 from .forward import training_forward
@@ -109,3 +110,35 @@ class DSparkTrainer(Trainer):
         if not os.path.isfile(path):
             raise ValueError(f"{resume_from_checkpoint} holds no model.safetensors: not a DSpark training checkpoint")
         self.drafter.load_state_dict(safetensors.torch.load_file(path, device=str(self.drafter.device)))
+
+
+def train_drafter(
+    target: PreTrainedModel,
+    rows: list[dict[str, list[int]]],
+    output_dir: str,
+    *,
+    markov_rank: int = 128,
+    block_size: int = 7,
+    loss_type: str = "dspark",
+    num_anchors: int = 64,
+    max_length: int = 2048,
+    pad_token_id: int = 0,
+    resume_from_checkpoint: str | bool | None = None,
+    **training_args: Any,
+) -> DSparkTrainer:
+    """Train a new drafter for `target` on `rows` and save it to `output_dir`. `training_args` go to
+    `TrainingArguments` (max_steps, learning_rate, bf16, gradient_accumulation_steps, ...)."""
+    drafter = DSparkDrafter.from_target(target, markov_rank=markov_rank, block_size=block_size)
+    defaults = dict(lr_scheduler_type="cosine", warmup_steps=0.03, logging_steps=10, save_steps=500, report_to=[])
+    if loss_type == "ce":  # the ablation trains no confidence head: DDP must tolerate its unused parameters
+        defaults["ddp_find_unused_parameters"] = True
+    args = TrainingArguments(output_dir=output_dir, **{**defaults, **training_args})
+    trainer = DSparkTrainer(
+        model=DSparkTrainingModel(drafter, target, num_anchors=num_anchors, loss_type=loss_type),
+        args=args,
+        train_dataset=rows,
+        data_collator=partial(collate_batch, pad_token_id=pad_token_id, max_length=max_length),
+    )
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer.save_model(output_dir)
+    return trainer

@@ -1,0 +1,53 @@
+"""`dspark prepare-data` and `dspark train` end to end on the real SmolLM2 target (CPU, a few tokens and steps)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import eval_prompts
+from transformers import AutoModel
+
+from dspark_hf.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_prepare_data_resumes_and_train_writes_a_lossless_drafter(tmp_path, smollm2, capsys):
+    target, tokenizer = smollm2
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"turns": [p]}) + "\n" for p in eval_prompts("gsm8k", 3)))
+    data = tmp_path / "data"
+    common = ["--prompts", str(prompts), "--output", str(data), "--max-new-tokens", "12", "--device", "cpu"]
+    assert main(["prepare-data", *common, "--limit", "2", "--batch-size", "2"]) == 0
+    first = (data / "data.jsonl").read_text().splitlines()
+    assert main(["prepare-data", *common, "--batch-size", "2"]) == 0  # resumes: only the third prompt is new
+    rows = [json.loads(line) for line in (data / "data.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and (data / "data.jsonl").read_text().splitlines()[:2] == first
+    for row in rows:
+        prompt_len = row["loss_mask"].index(1)
+        response = row["input_ids"][prompt_len:]
+        assert 1 <= len(response) <= 12 and all(row["loss_mask"][prompt_len:])
+        # the response is the target's own greedy continuation of the chat-templated prompt
+        prompt = torch.tensor([row["input_ids"][:prompt_len]])
+        expected = target.generate(prompt, max_new_tokens=len(response), do_sample=False)[0, prompt_len:]
+        assert expected.tolist() == response
+
+    out = tmp_path / "drafter"
+    args = ["train", "--data", str(data), "--output", str(out), "--steps", "2", "--block-size", "4",
+            "--markov-rank", "8", "--num-anchors", "4", "--batch-size", "2", "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    drafter = AutoModel.from_pretrained(out)
+    assert drafter.config.block_size == 4 and drafter.config.markov_rank == 8
+    prompt = torch.tensor([rows[0]["input_ids"][: rows[0]["loss_mask"].index(1)]])
+    plain = target.generate(prompt, max_new_tokens=10, do_sample=False)
+    spec = target.generate(prompt, assistant_model=drafter, max_new_tokens=10, do_sample=False)
+    assert spec.tolist() == plain.tolist()
+
+
+def test_cli_training_errors(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 1
+    assert "prepare-data" in capsys.readouterr().err
+    assert main(["prepare-data", "--prompts", str(tmp_path / "none.jsonl"), "--output", str(tmp_path)]) == 1
+    assert "JSONL" in capsys.readouterr().err
