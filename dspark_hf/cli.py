@@ -111,6 +111,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_acceptance, read_eval_prompts
+
+    prompts = read_eval_prompts(args.data, args.limit)
+    target, tokenizer = load_target(args.target, device=args.device, dtype=args.dtype)
+    drafter, trained = load_drafter(args.drafter, target)
+    if not trained:
+        _log("drafter: untrained (DSparkDrafter.from_target) - expect tau near 1. Pass --drafter for a trained one.")
+    result = evaluate_acceptance(
+        target, tokenizer, drafter, prompts, args.max_new_tokens,
+        dict(sampling_kwargs(args.temperature), gating=args.gating), seed=args.seed,
+    )  # fmt: skip
+    result.update(data=str(args.data), temperature=args.temperature, gating=args.gating, drafter_trained=trained)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    acceptance = " ".join("-" if a is None else f"{a:.2f}" for a in result["per_position_acceptance"])
+    print(f"tau {result['tau']:.3f} over {result['rounds']} rounds, {result['prompts']} prompts")
+    print(f"acceptance by position: {acceptance}")
+    return 0
+
+
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     from .training.data import prepare_data, read_prompts
 
@@ -160,6 +182,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(func=cmd_generate)
 
+    ev = sub.add_parser("eval", help="acceptance length (tau) of a drafter over a JSONL prompt set")
+    ev.add_argument("--data", required=True, help='JSONL rows {"turns": [...]}; the first turn is the prompt')
+    ev.add_argument("--limit", type=int, default=None, help="use the first N prompts")
+    ev.add_argument("--max-new-tokens", type=int, default=256)
+    ev.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    ev.add_argument("--drafter", default=None, help="drafter folder or Hub id (default: an untrained drafter)")
+    ev.add_argument("--target", default=None, help="target Hub id, folder or .gguf (default: SmolLM2-135M-Instruct)")
+    ev.add_argument("--gating", choices=["threshold", "fixed"], default="fixed",
+                    help="fixed (default) verifies every draft, so tau measures the drafter alone")  # fmt: skip
+    ev.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    ev.add_argument("--device", default=None)
+    ev.add_argument("--dtype", default=None)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(func=cmd_eval)
+
     prep = sub.add_parser("prepare-data", help="regenerate training responses with the target (resumable)")
     prep.add_argument("--prompts", default="sharegpt", help="'sharegpt' (default) or a JSONL file of prompts")
     prep.add_argument("--output", required=True, help="folder for data.jsonl")
@@ -203,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "max_new_tokens", 1) < 1:
         parser.error("--max-new-tokens must be >= 1")
     try:
-        if args.command == "generate":  # check cheap arguments before loading any model
+        if hasattr(args, "temperature"):  # check cheap arguments before loading any model
             sampling_kwargs(args.temperature)
+        if args.command == "generate":
             if not args.prompt.strip():
                 raise ValueError("The prompt is empty.")
         return args.func(args)

@@ -1,0 +1,55 @@
+"""`dspark eval`: τ and per-position acceptance over a prompt set, on the real SmolLM2 target."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import EVAL_DIR, prime_markov_head
+
+from dspark_hf import DSparkDrafter
+from dspark_hf.cli import main
+from dspark_hf.evaluation import evaluate_acceptance, merge_stats, read_eval_prompts
+from dspark_hf.generation import DSparkStats
+
+
+def test_merge_stats_pools_rounds_not_averages_of_taus():
+    a = DSparkStats(block_size=3, rounds=2, accepted_tokens=4, accepted_per_round=[3, 1], verified_per_round=[3, 3])
+    b = DSparkStats(block_size=3, rounds=4, accepted_tokens=0, accepted_per_round=[0] * 4, verified_per_round=[1] * 4)
+    merged = merge_stats([a, b])
+    assert merged.rounds == 6 and merged.tau == pytest.approx(10 / 6)  # not the mean of 3.0 and 1.0
+    assert merged.per_position_acceptance == [pytest.approx(2 / 6), 0.5, 0.5]  # pooled over the rounds that got there
+
+
+def test_read_eval_prompts_errors(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        read_eval_prompts(tmp_path / "missing.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "hi"}\n')
+    with pytest.raises(ValueError, match="turns"):
+        read_eval_prompts(bad)
+    assert len(read_eval_prompts(EVAL_DIR / "gsm8k.jsonl", limit=3)) == 3
+
+
+@pytest.mark.slow
+def test_eval_on_smollm2(smollm2, capsys):
+    target, tokenizer = smollm2
+    prompts = read_eval_prompts(EVAL_DIR / "gsm8k.jsonl", limit=2)
+    drafter = DSparkDrafter.from_target(target, block_size=4)
+    plain = [target.generate(**tokenizer.apply_chat_template([{"role": "user", "content": p}],
+             add_generation_prompt=True, return_tensors="pt", return_dict=True), max_new_tokens=24,
+             do_sample=False)[0].tolist() for p in prompts]  # fmt: skip
+    prime_markov_head(drafter, plain)  # drafts that are often right, so acceptance is measured, not just zeros
+    result = evaluate_acceptance(
+        target, tokenizer, drafter, prompts, max_new_tokens=24, generate_kwargs={"gating": "fixed"}
+    )
+    assert result["prompts"] == 2 and result["new_tokens"] == 48
+    assert result["tau"] == pytest.approx((result["accepted_tokens"] + result["rounds"]) / result["rounds"])
+    assert result["tau"] > 1.2 and len(result["per_position_acceptance"]) == 4
+
+    code = main(["eval", "--data", str(EVAL_DIR / "humaneval.jsonl"), "--limit", "1", "--max-new-tokens", "8",
+                 "--device", "cpu", "--json"])  # fmt: skip
+    assert code == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"tau", "per_position_acceptance", "rounds", "prompts"} <= set(row) and row["prompts"] == 1
+    assert row["rounds"] >= 1 and row["tau"] >= 1.0
