@@ -151,16 +151,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.trainer import train_drafter
 
     rows = load_rows(args.data)
+    held_out = min(args.calibration_rows, len(rows) // 10)  # the last rows, never trained on
+    rows, calibration_rows = (rows[:-held_out], rows[-held_out:]) if held_out else (rows, None)
+    if not held_out:
+        _log("too few rows to hold some out: the confidences stay uncalibrated")
     target, tokenizer = load_target(args.target, device=args.device, dtype=args.dtype)
     extra = {"max_steps": args.steps} if args.steps else {"num_train_epochs": args.epochs}
     trainer = train_drafter(
         target, rows, args.output, markov_rank=args.markov_rank, block_size=args.block_size, loss_type=args.loss,
         num_anchors=args.num_anchors, max_length=args.max_length,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-        resume_from_checkpoint=args.resume, per_device_train_batch_size=args.batch_size,
+        resume_from_checkpoint=args.resume, calibration_rows=calibration_rows,
+        per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, bf16=args.bf16,
         save_steps=args.save_steps, logging_steps=args.logging_steps, use_cpu=target.device.type == "cpu", **extra,
     )  # fmt: skip
+    if trainer.calibration:
+        report = trainer.calibration
+        temps = " ".join(f"{t:.2f}" for t in report["temperatures"])
+        _log(f"calibration on {held_out} held-out rows: ECE {report['ece_before']:.4f} -> {report['ece_after']:.4f}")
+        _log(f"confidence temperatures by position: {temps}")
     _log(f"drafter saved to {args.output} after {trainer.state.global_step} steps")
     return 0
 
@@ -228,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--save-steps", type=int, default=500)
     train.add_argument("--logging-steps", type=int, default=10)
     train.add_argument("--resume", default=None, help="checkpoint folder to resume from")
+    train.add_argument("--calibration-rows", type=int, default=256,
+                       help="rows held out to calibrate the confidences (at most 10%%; 0 = none)")  # fmt: skip
     train.add_argument("--device", default=None)
     train.add_argument("--dtype", default=None)
     train.set_defaults(func=cmd_train)

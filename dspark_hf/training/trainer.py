@@ -9,6 +9,7 @@ per-position acceptance and τ next to the loss.
 
 from __future__ import annotations
 
+import json
 import os
 from functools import partial
 from typing import Any
@@ -124,10 +125,13 @@ def train_drafter(
     max_length: int = 2048,
     pad_token_id: int = 0,
     resume_from_checkpoint: str | bool | None = None,
+    calibration_rows: list[dict[str, list[int]]] | None = None,
     **training_args: Any,
 ) -> DSparkTrainer:
     """Train a new drafter for `target` on `rows` and save it to `output_dir`. `training_args` go to
-    `TrainingArguments` (max_steps, learning_rate, bf16, gradient_accumulation_steps, ...)."""
+    `TrainingArguments` (max_steps, learning_rate, bf16, gradient_accumulation_steps, ...). With
+    `calibration_rows` (held out from `rows`), the confidence temperatures are fitted after training and saved in the
+    config; the report lands in `trainer.calibration` and `calibration.json`."""
     drafter = DSparkDrafter.from_target(target, markov_rank=markov_rank, block_size=block_size)
     defaults = dict(lr_scheduler_type="cosine", warmup_steps=0.03, logging_steps=10, save_steps=500, report_to=[])
     if loss_type == "ce":  # the ablation trains no confidence head: DDP must tolerate its unused parameters
@@ -140,5 +144,14 @@ def train_drafter(
         data_collator=partial(collate_batch, pad_token_id=pad_token_id, max_length=max_length),
     )
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer.calibration = None
+    if calibration_rows:
+        from .calibration import calibrate
+
+        trainer.calibration = calibrate(drafter, target, calibration_rows, num_anchors=num_anchors)
+        if args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            with open(os.path.join(output_dir, "calibration.json"), "w") as handle:
+                json.dump(trainer.calibration, handle, indent=2)
     trainer.save_model(output_dir)
     return trainer
