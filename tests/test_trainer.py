@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import tiny_target
 from transformers import AutoModel, TrainingArguments
@@ -17,6 +18,8 @@ from dspark_hf import DSparkDrafter
 from dspark_hf.training import DSparkTrainer, DSparkTrainingModel, collate_batch
 
 HERE = Path(__file__).resolve().parent
+
+pytestmark = pytest.mark.compat  # training runs on the GPU image's transformers 5.17 too
 
 
 def distillation_rows(target, n: int = 16, seed: int = 1) -> list[dict[str, list[int]]]:
