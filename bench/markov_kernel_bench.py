@@ -114,7 +114,7 @@ def generate_share(
 
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from dspark_hf.cli import encode_prompt
+    from dspark_hf.targets import encode_prompt
 
     os.environ[mk.BACKEND_ENV] = backend
     # sampling keeps Transformers' defaults (top_k=50): the kernel's top-k path

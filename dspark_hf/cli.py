@@ -12,24 +12,11 @@ import torch
 from transformers import TextStreamer
 
 from .drafters import load_drafter
-from .targets import load_target
+from .targets import encode_prompt, load_target
 
 
 def _log(message: str) -> None:
     print(f"[dspark] {message}", file=sys.stderr, flush=True)
-
-
-def encode_prompt(tokenizer, prompt: str, device: torch.device) -> dict[str, torch.Tensor]:
-    """Apply the chat template when the tokenizer has one (instruct targets), else tokenize the raw text."""
-    if not prompt.strip():
-        raise ValueError("The prompt is empty.")
-    if tokenizer.chat_template:
-        encoded = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-    else:
-        encoded = tokenizer(prompt, return_tensors="pt")
-    return {k: v.to(device) for k, v in encoded.items()}
 
 
 def sampling_kwargs(temperature: float) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .generation import DSparkStats
+from .targets import encode_prompt
 
 
 def read_eval_prompts(path: str | Path, limit: int | None = None) -> list[str]:
@@ -58,8 +59,6 @@ def evaluate_acceptance(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Generate every prompt with the drafter and return τ, per-position acceptance and the round counts."""
-    from .cli import encode_prompt
-
     per_prompt = []
     new_tokens = 0
     for i, prompt in enumerate(tqdm(prompts, desc="evaluating", unit="prompt")):

@@ -144,3 +144,16 @@ def load_target(
                 model, tokenizer = _from_pretrained(str(gguf.parent), dtype, gguf_file=gguf.name)
                 model.config.name_or_path = DEFAULT_TARGET
     return model.to(device).eval(), tokenizer
+
+
+def encode_prompt(tokenizer, prompt: str, device: torch.device) -> dict[str, torch.Tensor]:
+    """Apply the chat template when the tokenizer has one (instruct targets), else tokenize the raw text."""
+    if not prompt.strip():
+        raise ValueError("The prompt is empty.")
+    if tokenizer.chat_template:
+        encoded = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+    else:
+        encoded = tokenizer(prompt, return_tensors="pt")
+    return {k: v.to(device) for k, v in encoded.items()}

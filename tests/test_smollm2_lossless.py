@@ -13,7 +13,7 @@ import torch
 from conftest import eval_prompts, prime_markov_head
 
 from dspark_hf import DSparkDrafter, load_target
-from dspark_hf.cli import encode_prompt
+from dspark_hf.targets import encode_prompt
 
 pytestmark = [pytest.mark.slow, pytest.mark.compat]
 

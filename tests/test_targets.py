@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_target
 
 from dspark_hf import DEFAULT_TARGET, load_target, targets
-from dspark_hf.cli import encode_prompt
+from dspark_hf.targets import encode_prompt
 
 pytestmark = pytest.mark.slow
 

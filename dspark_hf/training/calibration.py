@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..modeling_dspark import DSparkDrafter
-from .forward import block_outputs, sample_anchors
+from .forward import training_blocks
 from .trainer import collate_batch
 
 
@@ -31,10 +31,10 @@ def collect_confidences(
     logits, acceptance = [], []
     for start in range(0, len(rows), batch_size):
         batch = {k: v.to(target.device) for k, v in collate_batch(rows[start : start + batch_size]).items()}
-        anchors, anchor_ok = sample_anchors(batch["loss_mask"], num_anchors, generator)
-        out = block_outputs(drafter, target, batch["input_ids"], anchors, batch["attention_mask"])
-        label_ok = batch["loss_mask"].bool().gather(1, out["label_positions"].flatten(1)).view_as(out["valid"])
-        valid = out["valid"] & anchor_ok[..., None] & label_ok
+        out = training_blocks(
+            drafter, target, batch["input_ids"], batch["loss_mask"], batch["attention_mask"], num_anchors, generator
+        )
+        valid = out["valid"]
         q = F.softmax(out["draft_logits"].float(), -1)
         p = F.softmax(out["target_logits"].float(), -1)
         accept = 1.0 - 0.5 * (q - p).abs().sum(-1)

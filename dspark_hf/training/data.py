@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..targets import encode_prompt
+
 DATA_FILE = "data.jsonl"
 
 
@@ -56,15 +58,6 @@ def first_prompt(row: dict) -> str | None:
     return None
 
 
-def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    if tokenizer.chat_template:
-        encoded = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=True
-        )
-        return list(encoded["input_ids"])
-    return tokenizer(prompt)["input_ids"]
-
-
 @torch.no_grad()
 def prepare_data(
     target,
@@ -85,13 +78,14 @@ def prepare_data(
     configured = getattr(target.generation_config, "eos_token_id", None)
     eos = {tokenizer.eos_token_id} | set([configured] if isinstance(configured, int) else configured or [])
     todo = prompts[done:]
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     with data.open("a") as handle, tqdm(total=len(prompts), initial=done, desc="regenerating responses") as bar:
         for start in range(0, len(todo), batch_size):
-            encoded = [prompt_ids(tokenizer, p)[-max_prompt_tokens:] for p in todo[start : start + batch_size]]
+            batch = todo[start : start + batch_size]
+            encoded = [encode_prompt(tokenizer, p, "cpu")["input_ids"][0, -max_prompt_tokens:].tolist() for p in batch]
             width = max(map(len, encoded))
             ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=target.device)
             mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=target.device)
-            sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
             out = target.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad, **sampling
             )

@@ -40,21 +40,32 @@ def training_forward(
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss and metrics for a batch (B, T). `loss_mask` marks the tokens to learn (assistant tokens)."""
-    anchors, anchor_valid = sample_anchors(loss_mask, num_anchors, generator)
-    outputs = block_outputs(drafter, target, input_ids, anchors, attention_mask)
-    valid = (
-        outputs["valid"]
-        & anchor_valid[..., None]
-        & loss_mask.bool().gather(1, outputs["label_positions"].flatten(1)).view_as(outputs["valid"])
-    )
+    outputs = training_blocks(drafter, target, input_ids, loss_mask, attention_mask, num_anchors, generator)
     return dspark_loss(
         outputs["draft_logits"],
         outputs["target_logits"],
         outputs["labels"],
         outputs["confidence_logits"],
-        valid,
+        outputs["valid"],
         loss_type,
     )
+
+
+def training_blocks(
+    drafter: DSparkDrafter,
+    target,
+    input_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    num_anchors: int = 64,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """`block_outputs` at random anchors, with `valid` narrowed to real anchors whose labels carry loss."""
+    anchors, anchor_valid = sample_anchors(loss_mask, num_anchors, generator)
+    outputs = block_outputs(drafter, target, input_ids, anchors, attention_mask)
+    trained = loss_mask.bool().gather(1, outputs["label_positions"].flatten(1)).view_as(outputs["valid"])
+    outputs["valid"] = outputs["valid"] & anchor_valid[..., None] & trained
+    return outputs
 
 
 def block_outputs(
