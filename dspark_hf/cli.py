@@ -158,7 +158,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         temps = " ".join(f"{t:.2f}" for t in report["temperatures"])
         _log(f"calibration on {held_out} held-out rows: ECE {report['ece_before']:.4f} -> {report['ece_after']:.4f}")
         _log(f"confidence temperatures by position: {temps}")
-    _log(f"drafter saved to {args.output} after {trainer.state.global_step} steps")
+    runtime = trainer.train_metrics.get("train_runtime", 0.0)
+    _log(f"drafter saved to {args.output} after {trainer.state.global_step} steps (training loop {runtime:.1f} s)")
     return 0
 
 

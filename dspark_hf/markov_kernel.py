@@ -146,6 +146,17 @@ if triton is not None:
         return y
 
     @triton.jit
+    def _top(x, LOG_N: tl.constexpr, LOG_K: tl.constexpr, VECTOR_SORT: tl.constexpr):
+        """The 2**LOG_K largest of 2**LOG_N keys, descending. On the GPU `tl.topk`: a bitonic top-k that stops
+        sorting below 2**LOG_K (a fraction of a full sort's exchanges); on the interpreter the first row of a
+        descending sort."""
+        if VECTOR_SORT:
+            y = tl.max(tl.reshape(_bitonic_sort(x, LOG_N, True), (2 ** (LOG_N - LOG_K), 2**LOG_K)), axis=0)
+        else:
+            y = tl.topk(x, 2**LOG_K)
+        return y
+
+    @triton.jit
     def _markov_draft_kernel(
         base_ptr, hidden_ptr, anchor_ptr, w1_ptr, w2_ptr, cw_ptr, cb_ptr, temps_ptr, uniforms_ptr,
         q_ptr, tokens_ptr, conf_ptr, prefix_ptr, part_val_ptr, part_idx_ptr, part_key_ptr, barrier_ptr, barrier_base,
@@ -191,18 +202,17 @@ if triton is not None:
                     best_idx = tl.where(better, tile_idx, best_idx)
                     best_val = tl.where(better, tile_val, best_val)
             if TOP_K:
-                # the slice's BLOCK_K largest keys, sorting it (just written to q) in chunks of BLOCK_S: the last row
-                # of an ascending sort laid out as (BLOCK_S / BLOCK_K, BLOCK_K) holds a chunk's largest, and the
-                # elementwise max of a descending and an ascending run holds the BLOCK_K largest of both
+                # the slice's BLOCK_K largest keys, from its logits (just written to q) in chunks of BLOCK_S: the
+                # elementwise max of an ascending run (the slice so far) and a descending one (the chunk's top)
+                # holds the BLOCK_K largest of both
                 tl.debug_barrier()
                 slice_keys = tl.full([BLOCK_K], no_key, tl.int64)
                 for s0 in range(start, stop, BLOCK_S):
                     offs_s = s0 + tl.arange(0, BLOCK_S)
                     mask_s = offs_s < stop
                     z_chunk = tl.load(q_ptr + k * V + offs_s, mask=mask_s, other=0.0)
-                    chunk = _sort(tl.where(mask_s, _order_key(z_chunk, offs_s), no_key), LOG_S, False, VECTOR_SORT)
-                    chunk_top = tl.max(tl.reshape(chunk, (BLOCK_S // BLOCK_K, BLOCK_K)), axis=0)
-                    slice_keys = _sort(tl.maximum(slice_keys, chunk_top), LOG_K, True, VECTOR_SORT)
+                    chunk_top = _top(tl.where(mask_s, _order_key(z_chunk, offs_s), no_key), LOG_S, LOG_K, VECTOR_SORT)
+                    slice_keys = _sort(tl.maximum(slice_keys, chunk_top), LOG_K, False, VECTOR_SORT)
                 tl.store(part_key_ptr + (k * nprog + pid) * BLOCK_K + offs_k, slice_keys)
             else:
                 tl.store(part_val_ptr + k * nprog + pid, best_val)
@@ -222,7 +232,7 @@ if triton is not None:
                     part_key_ptr + k * nprog * BLOCK_K + offs_pk,
                     mask=offs_pk < nprog * BLOCK_K, other=no_key, volatile=True,
                 )  # fmt: skip
-                keys = tl.max(tl.reshape(_sort(keys, LOG_PK, True, VECTOR_SORT), (BLOCK_P, BLOCK_K)), axis=0)
+                keys = _top(keys, LOG_PK, LOG_K, VECTOR_SORT)
                 vals = tl.where(keys != no_key, _key_value(keys), -float("inf"))
                 idxs = (4294967295 - (keys & 4294967295)).to(tl.int32)
                 kth = tl.max(tl.where(offs_k == top_k - 1, vals, -float("inf")), axis=0)

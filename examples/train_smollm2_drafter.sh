@@ -1,20 +1,116 @@
 #!/usr/bin/env bash
-# Train the SmolLM2-135M-Instruct DSpark drafter and its DFlash ablation on the same data and budget, then measure τ
-# on the shared eval sets. Meant for one GPU; every step can be re-run and continues where it stopped.
-#   bash examples/train_smollm2_drafter.sh [WORKDIR] [PROMPTS] [STEPS]
+# The run behind model_cards/SmolLM2-135M-Instruct-DSpark: the DSpark drafter for SmolLM2-135M-Instruct and its
+# DFlash ablation (Markov head off, CE loss) trained side by side on the same data, steps and batch, then τ of both
+# on the shared eval sets. In stages, so that each fits one call on a rented GPU and can be re-run:
+#
+#   bash examples/train_smollm2_drafter.sh data     # ShareGPT prompts -> the target's own responses (WORKERS at once)
+#   bash examples/train_smollm2_drafter.sh time     # 20 steps of both trainings: seconds per step
+#   bash examples/train_smollm2_drafter.sh train    # both trainings at once, STEPS (default: what fits TRAIN_SECONDS)
+#   bash examples/train_smollm2_drafter.sh export   # bf16 drafter folders, ready for the Hub
+#   bash examples/train_smollm2_drafter.sh eval     # τ (greedy, γ = 7, 256 new tokens) on GSM8K, HumanEval, MT-Bench
+#
+# Knobs (environment): WORK, PROMPTS ('sharegpt' or a JSONL file), WORKERS, DATA_SECONDS, NEW_TOKENS,
+# TRAIN_SECONDS, STEPS, EVAL_LIMIT, EVAL_DIR, DSPARK (the command; default `dspark`).
 set -euo pipefail
-work=${1:-runs/smollm2}
-prompts=${2:-20000}
-steps=${3:-20000}
-eval_dir=${DSPARK_EVAL_DIR:-../shared/data/eval}
+read -r -a dspark <<< "${DSPARK:-dspark}"
+work=${WORK:-runs/smollm2}
+prompts=${PROMPTS:-sharegpt}
+workers=${WORKERS:-8}
+eval_dir=${EVAL_DIR:-../shared/data/eval}
+methods=(dspark dflash)
+declare -A method_args=([dspark]="--markov-rank 128 --loss dspark" [dflash]="--markov-rank 0 --loss ce")
+train_args=(--data "$work/data.jsonl" --batch-size 16 --num-anchors 64 --max-length 768 --lr 6e-4 --bf16
+  --logging-steps 25 --save-steps 200)
+mkdir -p "$work"
 
-dspark prepare-data --prompts sharegpt --limit "$prompts" --max-new-tokens 512 --batch-size 64 --output "$work/data"
-common=(--data "$work/data" --steps "$steps" --batch-size 16 --lr 6e-4 --num-anchors 64 --max-length 1024 --save-steps 2000)
-dspark train "${common[@]}" --output "$work/dspark" --markov-rank 128 --loss dspark
-dspark train "${common[@]}" --output "$work/dflash" --markov-rank 0 --loss ce
-for set in gsm8k humaneval mt-bench; do
-  for drafter in dspark dflash; do
-    dspark eval --data "$eval_dir/$set.jsonl" --max-new-tokens 256 --drafter "$work/$drafter" --json \
-      | tail -n 1 > "$work/eval_${drafter}_${set}.json"
+case ${1:?stage: data, time, train, export or eval} in
+data)
+  # prompts split round-robin over the workers; each writes its own resumable data.jsonl
+  python3 - "$prompts" "$work/prompts" "$workers" <<'EOF'
+import json, pathlib, sys
+from dspark_hf.training.data import read_prompts
+prompts, out, n = read_prompts(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
+out.mkdir(parents=True, exist_ok=True)
+for i in range(n):
+    (out / f"{i}.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts[i::n]))
+print(f"{len(prompts)} prompts over {n} workers")
+EOF
+  for ((i = 0; i < workers; i++)); do
+    timeout "${DATA_SECONDS:-300}" "${dspark[@]}" prepare-data --prompts "$work/prompts/$i.jsonl" \
+      --output "$work/data/$i" --dtype bfloat16 --batch-size 128 --max-new-tokens "${NEW_TOKENS:-384}" \
+      --max-prompt-tokens 384 > "$work/data_$i.log" 2>&1 &
   done
-done
+  wait || true  # a worker stopped by the time limit keeps every complete row
+  python3 - "$work" <<'EOF'
+import json, pathlib, sys
+work = pathlib.Path(sys.argv[1])
+rows = [line for part in sorted(work.glob("data/*/data.jsonl")) for line in part.read_text().splitlines(keepends=True)
+        if line.endswith("\n")]
+(work / "data.jsonl").write_text("".join(rows))
+tokens = sum(sum(json.loads(r)["loss_mask"]) for r in rows)
+print(f"data: {len(rows)} conversations, {tokens} response tokens -> {work / 'data.jsonl'}")
+EOF
+  ;;
+time)
+  for m in "${methods[@]}"; do
+    # shellcheck disable=SC2086
+    "${dspark[@]}" train "${train_args[@]}" ${method_args[$m]} --output "$work/time_$m" --steps 20 \
+      --calibration-rows 0 > "$work/time_$m.log" 2>&1 &
+  done
+  wait
+  grep -h "training loop" "$work"/time_*.log | sed 's/.*training loop \([0-9.]*\) s.*/\1/' | sort -n | tail -1 \
+    | awk '{printf "%.3f\n", $1 / 20}' | tee "$work/seconds_per_step"
+  ;;
+train)
+  steps=${STEPS:-$(awk -v b="${TRAIN_SECONDS:-420}" '{print int(b / $1)}' "$work/seconds_per_step")}
+  echo "training both drafters for $steps steps"
+  for m in "${methods[@]}"; do
+    resume=()
+    last=$(find "$work/$m" -maxdepth 1 -name 'checkpoint-*' 2>/dev/null | sort -V | tail -1 || true)
+    [[ -n $last ]] && resume=(--resume "$last")
+    # shellcheck disable=SC2086
+    "${dspark[@]}" train "${train_args[@]}" ${method_args[$m]} --output "$work/$m" --steps "$steps" "${resume[@]}" \
+      > "$work/train_$m.log" 2>&1 &
+  done
+  wait
+  tail -n 4 "$work"/train_*.log
+  ;;
+export)
+  for m in "${methods[@]}"; do
+    python3 - "$work/$m" "$work/ship_$m" <<'EOF'
+import shutil, sys, pathlib, torch
+from transformers import AutoModel
+import dspark_hf  # noqa: F401  (registers the dspark model type)
+source, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+AutoModel.from_pretrained(source).to(torch.bfloat16).save_pretrained(out, max_shard_size="1GB")
+for extra in ("calibration.json",):
+    if (source / extra).exists():
+        shutil.copy(source / extra, out / extra)
+print(f"{out}: {sum(f.stat().st_size for f in out.iterdir()) / 2**20:.1f} MiB")
+EOF
+  done
+  ;;
+eval)
+  for set in gsm8k humaneval mt-bench; do
+    for m in "${methods[@]}"; do
+      "${dspark[@]}" eval --data "$eval_dir/$set.jsonl" --limit "${EVAL_LIMIT:-40}" --max-new-tokens 256 \
+        --drafter "$work/ship_$m" --json > "$work/eval_${m}_$set.json" 2> "$work/eval_${m}_$set.log" &
+    done
+  done
+  wait
+  python3 - "$work" <<'EOF'
+import json, pathlib, sys
+work = pathlib.Path(sys.argv[1])
+print(f"{'set':<10} {'DSpark tau':>10} {'DFlash tau':>10} {'ratio':>6}  prompts  DSpark acceptance by position")
+for name in ("gsm8k", "humaneval", "mt-bench"):
+    r = {m: json.loads((work / f"eval_{m}_{name}.json").read_text().splitlines()[-1]) for m in ("dspark", "dflash")}
+    pos = " ".join(f"{a:.2f}" for a in r["dspark"]["per_position_acceptance"] if a is not None)
+    ratio = r["dspark"]["tau"] / r["dflash"]["tau"]
+    print(f"{name:<10} {r['dspark']['tau']:>10.3f} {r['dflash']['tau']:>10.3f} {ratio:>6.3f}  {r['dspark']['prompts']:>7}  {pos}")
+EOF
+  ;;
+*)
+  echo "unknown stage $1" >&2
+  exit 2
+  ;;
+esac

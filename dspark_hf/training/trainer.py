@@ -143,7 +143,7 @@ def train_drafter(
         train_dataset=rows,
         data_collator=partial(collate_batch, pad_token_id=pad_token_id, max_length=max_length),
     )
-    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer.train_metrics = trainer.train(resume_from_checkpoint=resume_from_checkpoint).metrics
     trainer.calibration = None
     if calibration_rows:
         from .calibration import calibrate
