@@ -1,4 +1,5 @@
-"""Acceptance of a drafter on a prompt set: τ and per-position acceptance over many `generate()` calls."""
+"""Acceptance of a drafter on a prompt set: τ and per-position acceptance over many `generate()` calls, or, for
+greedy decoding, replayed from the target's own continuations (`teacher_forced_acceptance`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .generation import DSparkStats
-from .targets import encode_prompt
+from .targets import encode_prompt, eos_ids
 
 
 def read_eval_prompts(path: str | Path, limit: int | None = None) -> list[str]:
@@ -70,14 +71,93 @@ def evaluate_acceptance(
         )  # fmt: skip
         new_tokens += out.shape[1] - inputs["input_ids"].shape[1]
         per_prompt.append(drafter.stats)
+    return _report(per_prompt, new_tokens)
+
+
+def _report(per_prompt: list[DSparkStats], new_tokens: int) -> dict[str, Any]:
     merged = merge_stats(per_prompt)
     return {
         "tau": merged.tau,
         "per_position_acceptance": merged.per_position_acceptance,
         "rounds": merged.rounds,
-        "prompts": len(prompts),
+        "prompts": len(per_prompt),
         "new_tokens": new_tokens,
         "accepted_tokens": merged.accepted_tokens,
         "verified_tokens": merged.verified_tokens,
         "tau_per_prompt": [s.tau for s in per_prompt],
     }
+
+
+@torch.no_grad()
+def teacher_forced_acceptance(
+    target, tokenizer, drafter, prompts: list[str], max_new_tokens: int = 256, batch_size: int = 16
+) -> dict[str, Any]:
+    """Greedy τ of `evaluate_acceptance` (fixed gating, L = γ) without running the round loop: the target's greedy
+    continuations come from one batched `generate()` per `batch_size` prompts (left-padded; `batch_size=1` gives
+    exactly the continuations of unbatched decoding), then `replay_rounds` walks each one."""
+    eos = eos_ids(target, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
+    per_prompt, new_tokens = [], 0
+    bar = tqdm(total=len(prompts), desc="replaying rounds", unit="prompt")
+    for start in range(0, len(prompts), batch_size):
+        encoded = [encode_prompt(tokenizer, p, "cpu")["input_ids"][0] for p in prompts[start : start + batch_size]]
+        width = max(len(e) for e in encoded)
+        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, e in enumerate(encoded):
+            ids[row, width - len(e) :], mask[row, width - len(e) :] = e, 1
+        out = target.generate(
+            input_ids=ids.to(target.device), attention_mask=mask.to(target.device), max_new_tokens=max_new_tokens,
+            do_sample=False, pad_token_id=pad,
+        )[:, width:].tolist()  # fmt: skip
+        for prompt, continuation in zip(encoded, out, strict=True):
+            continuation = continuation[: next((i + 1 for i, t in enumerate(continuation) if t in eos), None)]
+            new_tokens += len(continuation)
+            sequence = torch.cat([prompt, torch.tensor(continuation, dtype=torch.long)])
+            per_prompt.append(replay_rounds(target, drafter, sequence, len(prompt), max_new_tokens, eos))
+            bar.update(1)
+    bar.close()
+    return _report(per_prompt, new_tokens)
+
+
+@torch.no_grad()
+def replay_rounds(
+    target, drafter, sequence: torch.Tensor, prompt_len: int, max_new_tokens: int, eos: set[int]
+) -> DSparkStats:
+    """The rounds greedy `generate(..., assistant_model=drafter)` with fixed gating takes to produce `sequence`
+    (1-D: prompt + the target's greedy continuation), without running them one by one.
+
+    One target forward gives the context features at every position; one drafter pass drafts a block from every
+    position at once, its Markov head fed the true previous tokens, which equal the drafted ones along any accepted
+    prefix; then the rounds are walked as `generate()` takes them (length budget, EOS cut), a draft accepted while it
+    equals the sequence's next token: greedy verification accepts exactly the tokens of greedy decoding."""
+    from .training.forward import block_outputs
+
+    gamma = drafter.config.block_size
+    sequence = sequence.to(target.device)[None]
+    length = sequence.shape[1]
+    anchors = torch.arange(prompt_len, length, device=sequence.device)[None]
+    blocks = block_outputs(drafter, target, sequence, anchors)
+    drafts = blocks["draft_logits"].argmax(-1)[0].tolist()  # (anchors, γ)
+    tokens = sequence[0].tolist()
+    stats = DSparkStats(block_size=gamma)
+    anchor = prompt_len  # the first round drafts after the token the prefill produced
+    while anchor < length - 1:  # generation ends at max_new_tokens or once EOS is in
+        budget = min(gamma, prompt_len + max_new_tokens - anchor - 2)
+        drafted = drafts[anchor - prompt_len][: max(budget, 0)]
+        drafted = drafted[: next((k + 1 for k, t in enumerate(drafted) if t in eos), None)]
+        accepted = 0
+        while (
+            accepted < len(drafted)
+            and anchor + 1 + accepted < length
+            and drafted[accepted] == tokens[anchor + 1 + accepted]
+        ):
+            accepted += 1
+        stats.rounds += 1
+        stats.drafted_tokens += len(drafted)
+        stats.verified_tokens += len(drafted)
+        stats.accepted_tokens += accepted
+        stats.accepted_per_round.append(accepted)
+        stats.verified_per_round.append(len(drafted))
+        anchor += accepted + 1
+    return stats

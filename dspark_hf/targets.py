@@ -157,3 +157,10 @@ def encode_prompt(tokenizer, prompt: str, device: torch.device) -> dict[str, tor
     else:
         encoded = tokenizer(prompt, return_tensors="pt")
     return {k: v.to(device) for k, v in encoded.items()}
+
+
+def eos_ids(target: PreTrainedModel, tokenizer) -> set[int]:
+    """Every token id that ends generation: the generation config's (one or a list) and the tokenizer's."""
+    configured = getattr(target.generation_config, "eos_token_id", None)
+    ids = set([configured] if isinstance(configured, int) else configured or [])
+    return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())

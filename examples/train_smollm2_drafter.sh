@@ -9,13 +9,16 @@
 #   bash examples/train_smollm2_drafter.sh export   # bf16 drafter folders, ready for the Hub
 #   bash examples/train_smollm2_drafter.sh eval     # τ (greedy, γ = 7, 256 new tokens) on GSM8K, HumanEval, MT-Bench
 #
-# Knobs (environment): WORK, PROMPTS ('sharegpt' or a JSONL file), WORKERS, DATA_SECONDS, NEW_TOKENS,
-# TRAIN_SECONDS, STEPS, EVAL_LIMIT, EVAL_DIR, DSPARK (the command; default `dspark`).
+# Knobs (environment): WORK, PROMPTS ('sharegpt' or a JSONL file), WORKERS, BATCH, DATA_SECONDS, NEW_TOKENS,
+# TRAIN_SECONDS, STEPS, EVAL_LIMIT, LOOP_LIMIT, EVAL_DIR, DSPARK (the command; default `dspark`).
+# One GPU is shared by time slices between processes: one generator with a large batch beats many small ones, and the
+# eval replays greedy rounds (`dspark eval --teacher-forced`, exact for greedy) instead of running them, with a few
+# prompts per set run through the real loop as a cross-check.
 set -euo pipefail
 read -r -a dspark <<< "${DSPARK:-dspark}"
 work=${WORK:-runs/smollm2}
 prompts=${PROMPTS:-sharegpt}
-workers=${WORKERS:-8}
+workers=${WORKERS:-1}
 eval_dir=${EVAL_DIR:-../shared/data/eval}
 methods=(dspark dflash)
 declare -A method_args=([dspark]="--markov-rank 128 --loss dspark" [dflash]="--markov-rank 0 --loss ce")
@@ -37,7 +40,7 @@ print(f"{len(prompts)} prompts over {n} workers")
 EOF
   for ((i = 0; i < workers; i++)); do
     timeout "${DATA_SECONDS:-300}" "${dspark[@]}" prepare-data --prompts "$work/prompts/$i.jsonl" \
-      --output "$work/data/$i" --dtype bfloat16 --batch-size 128 --max-new-tokens "${NEW_TOKENS:-384}" \
+      --output "$work/data/$i" --dtype bfloat16 --batch-size "${BATCH:-1024}" --max-new-tokens "${NEW_TOKENS:-384}" \
       --max-prompt-tokens 384 > "$work/data_$i.log" 2>&1 &
   done
   wait || true  # a worker stopped by the time limit keeps every complete row
@@ -93,11 +96,13 @@ EOF
 eval)
   for set in gsm8k humaneval mt-bench; do
     for m in "${methods[@]}"; do
-      "${dspark[@]}" eval --data "$eval_dir/$set.jsonl" --limit "${EVAL_LIMIT:-40}" --max-new-tokens 256 \
-        --drafter "$work/ship_$m" --json > "$work/eval_${m}_$set.json" 2> "$work/eval_${m}_$set.log" &
+      "${dspark[@]}" eval --data "$eval_dir/$set.jsonl" --limit "${EVAL_LIMIT:-200}" --max-new-tokens 256 \
+        --drafter "$work/ship_$m" --teacher-forced --batch-size 64 --json > "$work/eval_${m}_$set.json" \
+        2> "$work/eval_${m}_$set.log"
+      "${dspark[@]}" eval --data "$eval_dir/$set.jsonl" --limit "${LOOP_LIMIT:-3}" --max-new-tokens 256 \
+        --drafter "$work/ship_$m" --json > "$work/loop_${m}_$set.json" 2> "$work/loop_${m}_$set.log"
     done
   done
-  wait
   python3 - "$work" <<'EOF'
 import json, pathlib, sys
 work = pathlib.Path(sys.argv[1])

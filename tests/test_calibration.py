@@ -54,3 +54,15 @@ def test_train_drafter_calibrates_on_held_out_rows(tmp_path):
     report = json.loads((tmp_path / "calibration.json").read_text())
     assert report == trainer.calibration and len(report["temperatures"]) == 4
     assert AutoModel.from_pretrained(tmp_path).config.confidence_temperatures == report["temperatures"]
+
+
+def test_the_ce_ablation_is_not_calibrated(tmp_path):
+    """Its loss never trains the confidence head: fitting temperatures to an untrained head only yields nonsense."""
+    target = tiny_target(seed=7, sharp=4.0)
+    rows = distillation_rows(target, n=20)
+    trainer = train_drafter(
+        target, rows[:16], str(tmp_path), markov_rank=0, block_size=4, num_anchors=8, loss_type="ce",
+        calibration_rows=rows[16:], max_steps=2, per_device_train_batch_size=4, use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    assert trainer.calibration is None and not (tmp_path / "calibration.json").exists()
+    assert AutoModel.from_pretrained(tmp_path).config.confidence_temperatures is None

@@ -9,7 +9,7 @@ from conftest import EVAL_DIR, prime_markov_head
 
 from dspark_hf import DSparkDrafter
 from dspark_hf.cli import main
-from dspark_hf.evaluation import evaluate_acceptance, merge_stats, read_eval_prompts
+from dspark_hf.evaluation import evaluate_acceptance, merge_stats, read_eval_prompts, teacher_forced_acceptance
 from dspark_hf.generation import DSparkStats
 
 
@@ -47,9 +47,23 @@ def test_eval_on_smollm2(smollm2, capsys):
     assert result["tau"] == pytest.approx((result["accepted_tokens"] + result["rounds"]) / result["rounds"])
     assert result["tau"] > 1.2 and len(result["per_position_acceptance"]) == 4
 
+    # replaying the rounds on the target's own continuations gives the same rounds as running them
+    replayed = teacher_forced_acceptance(target, tokenizer, drafter, prompts, max_new_tokens=24, batch_size=1)
+    for key in ("rounds", "accepted_tokens", "verified_tokens", "new_tokens", "tau", "per_position_acceptance"):
+        assert replayed[key] == result[key], key
+    batched = teacher_forced_acceptance(target, tokenizer, drafter, prompts, max_new_tokens=24, batch_size=2)
+    assert batched["new_tokens"] == 48 and abs(batched["tau"] - result["tau"]) < 0.25
+
     code = main(["eval", "--data", str(EVAL_DIR / "humaneval.jsonl"), "--limit", "1", "--max-new-tokens", "8",
                  "--device", "cpu", "--json"])  # fmt: skip
     assert code == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"tau", "per_position_acceptance", "rounds", "prompts"} <= set(row) and row["prompts"] == 1
-    assert row["rounds"] >= 1 and row["tau"] >= 1.0
+    assert row["rounds"] >= 1 and row["tau"] >= 1.0 and row["method"] == "generate"
+
+    args = ["eval", "--data", str(EVAL_DIR / "gsm8k.jsonl"), "--limit", "2", "--max-new-tokens", "8", "--device", "cpu"]
+    assert main([*args, "--teacher-forced", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["method"] == "teacher_forced" and row["prompts"] == 2 and row["rounds"] >= 2
+    assert main([*args, "--teacher-forced", "--temperature", "1.0"]) == 1
+    assert "greedy" in capsys.readouterr().err

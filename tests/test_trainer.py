@@ -15,6 +15,7 @@ from conftest import tiny_target
 from transformers import AutoModel, TrainingArguments
 
 from dspark_hf import DSparkDrafter
+from dspark_hf.evaluation import merge_stats, replay_rounds
 from dspark_hf.training import DSparkTrainer, DSparkTrainingModel, collate_batch
 
 HERE = Path(__file__).resolve().parent
@@ -91,3 +92,28 @@ def test_two_process_ddp_through_torchrun(tmp_path):
     assert ranks[0]["checksum"] == ranks[1]["checksum"]  # gradients were all-reduced: identical drafters
     assert ranks[0]["last_loss"] < 0.8 * ranks[0]["first_loss"]
     assert (tmp_path / "out" / "final" / "model.safetensors").is_file()  # written once, by rank 0
+
+
+def test_a_trained_drafter_is_accepted_at_inference_as_in_training(tmp_path):
+    """Train/inference consistency: what the training forward learned shows up in generate(), round for round."""
+    rows = distillation_rows(tiny_target(seed=7, sharp=4.0))
+    trainer = make_trainer(tmp_path, 150, rows, save_steps=10**6, logging_steps=50)
+    untrained = trainer.drafter.eval()
+    target = trainer.model.target
+    prompt = torch.tensor([rows[0]["input_ids"][:4]])
+    target.generate(prompt, assistant_model=untrained, max_new_tokens=28, do_sample=False, gating="fixed")
+    assert untrained.stats.tau < 1.5
+    trainer.train()
+    drafter = trainer.drafter.eval()
+    stats = []
+    for row in rows[:8]:
+        out = target.generate(
+            torch.tensor([row["input_ids"][:4]]), assistant_model=drafter, max_new_tokens=28, do_sample=False,
+            gating="fixed",
+        )  # fmt: skip
+        assert out[0].tolist() == row["input_ids"]  # lossless, and the rows are the target's greedy continuations
+        replayed = replay_rounds(target, drafter, torch.tensor(row["input_ids"]), 4, 28, eos=set())
+        assert replayed.accepted_per_round == drafter.stats.accepted_per_round
+        assert replayed.verified_per_round == drafter.stats.verified_per_round
+        stats.append(drafter.stats)
+    assert merge_stats(stats).tau > 2.5, merge_stats(stats)

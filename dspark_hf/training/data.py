@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..targets import encode_prompt
+from ..targets import encode_prompt, eos_ids
 
 DATA_FILE = "data.jsonl"
 
@@ -100,8 +100,7 @@ def prepare_data(
     data = output / DATA_FILE
     done = _complete_rows(data)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    configured = getattr(target.generation_config, "eos_token_id", None)
-    eos = {tokenizer.eos_token_id} | set([configured] if isinstance(configured, int) else configured or [])
+    eos = eos_ids(target, tokenizer)
     encoded = [encode_prompt(tokenizer, p, "cpu")["input_ids"][0].tolist() for p in prompts]
     encoded = [e for e in encoded if len(e) <= max_prompt_tokens]
     if len(encoded) < len(prompts):

@@ -18,10 +18,13 @@ import safetensors.torch
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers.utils import logging
 
 from ..modeling_dspark import DSparkDrafter
 from .forward import training_forward
 from .losses import expected_tau
+
+logger = logging.get_logger(__name__)
 
 
 class DSparkTrainingModel(nn.Module):
@@ -145,7 +148,9 @@ def train_drafter(
     )
     trainer.train_metrics = trainer.train(resume_from_checkpoint=resume_from_checkpoint).metrics
     trainer.calibration = None
-    if calibration_rows:
+    if calibration_rows and loss_type == "ce":
+        logger.warning("the CE ablation does not train the confidence head: nothing to calibrate")
+    elif calibration_rows:
         from .calibration import calibrate
 
         trainer.calibration = calibrate(drafter, target, calibration_rows, num_anchors=num_anchors)
