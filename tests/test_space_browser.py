@@ -1,0 +1,117 @@
+"""The Gradio Space in a real browser: Playwright drives Debian's headless Chromium against space/app.py on 127.0.0.1.
+
+Needs the `space` and `test` extras and /usr/bin/chromium (`.ci/run` installs all three)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import prime_markov_head
+
+from dspark_hf import DSparkDrafter
+from dspark_hf.targets import encode_prompt
+
+pytest.importorskip("gradio")
+playwright = pytest.importorskip("playwright.sync_api")
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "What is 7 times 8? Answer in one sentence."
+NEW_TOKENS = 32
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic",
+]  # fmt: skip
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def primed_drafter(smollm2, tmp_path_factory) -> Path:
+    """A real drafter whose Markov head knows the target's bigrams for the test prompt: some drafts are accepted, so
+    the highlighting and the plot have something to show (an untrained drafter is almost never accepted)."""
+    target, tokenizer = smollm2
+    inputs = encode_prompt(tokenizer, PROMPT, target.device)
+    with torch.no_grad():
+        out = target.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+    drafter = prime_markov_head(DSparkDrafter.from_target(target), [out[0].tolist()])
+    path = tmp_path_factory.mktemp("drafter")
+    drafter.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def space_url(primed_drafter):
+    port = _free_port()
+    env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), HF_HUB_OFFLINE="1",
+               DSPARK_DRAFTER=str(primed_drafter))  # fmt: skip
+    log = open(ROOT / ".pytest-space.log", "w")  # noqa: SIM115 (closed below)
+    app = subprocess.Popen([sys.executable, str(ROOT / "space" / "app.py")], env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if app.poll() is not None or time.monotonic() > deadline:
+                app.kill()
+                log.close()
+                pytest.fail(f"the Space did not start:\n{(ROOT / '.pytest-space.log').read_text()[-3000:]}")
+            time.sleep(1)
+    yield url
+    app.terminate()
+    app.wait(timeout=30)
+    log.close()
+
+
+def test_side_by_side_greedy_outputs_are_identical_in_the_browser(space_url):
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(space_url)
+        page.locator("#run").wait_for()
+
+        page.locator("#run").click()  # empty prompt: a message, not a crash
+        playwright.expect(page.locator("#summary")).to_contain_text("Enter a prompt", timeout=30_000)
+
+        page.locator("#prompt textarea").fill(PROMPT)
+        slider = page.locator("#max-new-tokens input[type=number]")
+        slider.fill(str(NEW_TOKENS))
+        slider.press("Enter")
+        page.locator("#gating").get_by_text(
+            "fixed"
+        ).click()  # verify every draft: the primed head's confidences are not
+        page.locator("#run").click()
+        playwright.expect(page.locator("#summary")).to_contain_text("Speed-up", timeout=240_000)
+
+        summary = page.locator("#summary").inner_text()
+        assert "×" in summary and "tokens identical: yes" in summary, summary
+        plain = page.locator("#plain-output textarea").input_value()
+        tokens = page.locator("#dspark-output .textfield span.text")
+        dspark = "".join(tokens.evaluate_all("spans => spans.map(s => s.textContent)"))
+        assert plain.strip() and dspark == plain, (plain, dspark)
+        # tokens the target accepted from drafts are coloured by their position in the round, its own are not
+        classes = tokens.evaluate_all("spans => spans.map(s => s.className)")
+        assert any("unlabeled" not in c for c in classes) and any("unlabeled" in c for c in classes), classes
+        playwright.expect(page.locator("#plot")).to_contain_text("Accepted drafts per round")
+        (ROOT / "docs").mkdir(exist_ok=True)
+        page.screenshot(path=str(ROOT / "docs" / "space.png"), full_page=True)
+        browser.close()
