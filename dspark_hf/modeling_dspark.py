@@ -50,17 +50,25 @@ class DSparkRMSNorm(nn.Module):
 
 
 class DSparkRotaryEmbedding(nn.Module):
-    """Plain RoPE at absolute positions; the drafter's positions are the target's token positions."""
+    """Plain RoPE at absolute positions; the drafter's positions are the target's token positions.
+
+    The frequencies are computed on first use per device, not kept in a buffer: `from_pretrained` builds the model on
+    the meta device, and a non-persistent buffer made in `__init__` would come back as uninitialised memory."""
 
     def __init__(self, config: DSparkConfig):
         super().__init__()
-        dim = config.head_dim
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.dim, self.base = config.head_dim, config.rope_theta
+        self._inv_freq: torch.Tensor | None = None
+
+    def inv_freq(self, device: torch.device) -> torch.Tensor:
+        if self._inv_freq is None or self._inv_freq.device != device:
+            exponents = torch.arange(0, self.dim, 2, dtype=torch.float32, device=device) / self.dim
+            self._inv_freq = 1.0 / (self.base**exponents)
+        return self._inv_freq
 
     @torch.no_grad()
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = position_ids[..., None].to(torch.float32) * self.inv_freq.to(position_ids.device)
+        freqs = position_ids[..., None].to(torch.float32) * self.inv_freq(position_ids.device)
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 

@@ -109,6 +109,20 @@ def test_save_and_load_roundtrip_with_auto_classes(tiny, tmp_path):
     assert isinstance(loaded, DSparkDrafter)
     for (name, a), (_, b) in zip(drafter.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+    # and it computes the same thing: the state dict is not all of a model (RoPE frequencies once came back as
+    # uninitialised memory from from_pretrained's meta-device build, so every loaded drafter drafted garbage)
+    loaded.bind(tiny)
+    positions = torch.arange(5, 5 + drafter.config.block_size)[None]
+    expected, got = drafter.rotary_emb(positions, torch.float32), loaded.rotary_emb(positions, torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+    context = drafter.fuse_context(tiny(torch.tensor([[3, 1, 4, 1, 5]]), output_hidden_states=True).hidden_states)
+    outputs = []
+    for model in (drafter, loaded):
+        cache = model.new_context_cache()
+        model.append_context(cache, context)
+        kv = [cache.get(i) for i in range(len(model.layers))]
+        outputs.append(model(model.block_embeddings(torch.tensor([9])), positions, kv))
+    assert torch.equal(outputs[0], outputs[1])
 
 
 def test_load_refuses_pickles_and_foreign_checkpoints(tiny, tmp_path):

@@ -96,9 +96,10 @@ def test_side_by_side_greedy_outputs_are_identical_in_the_browser(space_url):
         slider = page.locator("#max-new-tokens input[type=number]")
         slider.fill(str(NEW_TOKENS))
         slider.press("Enter")
-        page.locator("#gating").get_by_text(
-            "fixed"
-        ).click()  # verify every draft: the primed head's confidences are not
+        fixed = page.locator("#gating").get_by_label("fixed")
+        fixed.check()  # verify every draft (the primed drafter's confidences are untrained)
+        playwright.expect(fixed).to_be_checked()
+        playwright.expect(slider).to_have_value(str(NEW_TOKENS))
         page.locator("#run").click()
         playwright.expect(page.locator("#summary")).to_contain_text("Speed-up", timeout=240_000)
 
