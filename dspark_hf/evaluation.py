@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .generation import DSparkStats
-from .targets import encode_prompt, eos_ids
+from .targets import encode_prompt, eos_ids, generate_continuations
 
 
 def read_eval_prompts(path: str | Path, limit: int | None = None) -> list[str]:
@@ -96,24 +96,18 @@ def teacher_forced_acceptance(
     continuations come from one batched `generate()` per `batch_size` prompts (left-padded; `batch_size=1` gives
     exactly the continuations of unbatched decoding), then `replay_rounds` walks each one."""
     eos = eos_ids(target, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
     per_prompt, new_tokens = [], 0
     bar = tqdm(total=len(prompts), desc="replaying rounds", unit="prompt")
     for start in range(0, len(prompts), batch_size):
-        encoded = [encode_prompt(tokenizer, p, "cpu")["input_ids"][0] for p in prompts[start : start + batch_size]]
-        width = max(len(e) for e in encoded)
-        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, e in enumerate(encoded):
-            ids[row, width - len(e) :], mask[row, width - len(e) :] = e, 1
-        out = target.generate(
-            input_ids=ids.to(target.device), attention_mask=mask.to(target.device), max_new_tokens=max_new_tokens,
-            do_sample=False, pad_token_id=pad,
-        )[:, width:].tolist()  # fmt: skip
-        for prompt, continuation in zip(encoded, out, strict=True):
-            continuation = continuation[: next((i + 1 for i, t in enumerate(continuation) if t in eos), None)]
+        encoded = [
+            encode_prompt(tokenizer, p, "cpu")["input_ids"][0].tolist() for p in prompts[start : start + batch_size]
+        ]
+        continuations = generate_continuations(
+            target, tokenizer, encoded, max_new_tokens=max_new_tokens, do_sample=False
+        )
+        for prompt, continuation in zip(encoded, continuations, strict=True):
             new_tokens += len(continuation)
-            sequence = torch.cat([prompt, torch.tensor(continuation, dtype=torch.long)])
+            sequence = torch.tensor(prompt + continuation)
             per_prompt.append(replay_rounds(target, drafter, sequence, len(prompt), max_new_tokens, eos))
             bar.update(1)
     bar.close()
@@ -137,7 +131,7 @@ def replay_rounds(
     sequence = sequence.to(target.device)[None]
     length = sequence.shape[1]
     anchors = torch.arange(prompt_len, length, device=sequence.device)[None]
-    blocks = block_outputs(drafter, target, sequence, anchors)
+    blocks = block_outputs(drafter, target, sequence, anchors, target_distributions=False)
     drafts = blocks["draft_logits"].argmax(-1)[0].tolist()  # (anchors, γ)
     tokens = sequence[0].tolist()
     stats = DSparkStats(block_size=gamma)

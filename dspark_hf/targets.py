@@ -164,3 +164,17 @@ def eos_ids(target: PreTrainedModel, tokenizer) -> set[int]:
     configured = getattr(target.generation_config, "eos_token_id", None)
     ids = set([configured] if isinstance(configured, int) else configured or [])
     return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
+
+
+@torch.no_grad()
+def generate_continuations(
+    target: PreTrainedModel, tokenizer, prompts: list[list[int]], **generate_kwargs
+) -> list[list[int]]:
+    """Each prompt's new tokens from one left-padded, batched `generate()`, cut after the first EOS (kept)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = eos_ids(target, tokenizer)
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=target.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=target.device)
+    out = target.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad, **generate_kwargs)
+    return [row[: next((i + 1 for i, t in enumerate(row) if t in eos), len(row))] for row in out[:, width:].tolist()]

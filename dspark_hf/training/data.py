@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..targets import encode_prompt, eos_ids
+from ..targets import encode_prompt, generate_continuations
 
 DATA_FILE = "data.jsonl"
 
@@ -99,8 +99,6 @@ def prepare_data(
     output.mkdir(parents=True, exist_ok=True)
     data = output / DATA_FILE
     done = _complete_rows(data)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = eos_ids(target, tokenizer)
     encoded = [encode_prompt(tokenizer, p, "cpu")["input_ids"][0].tolist() for p in prompts]
     encoded = [e for e in encoded if len(e) <= max_prompt_tokens]
     if len(encoded) < len(prompts):
@@ -112,19 +110,10 @@ def prepare_data(
     with data.open("a") as handle, tqdm(total=len(encoded), initial=done, desc="regenerating responses") as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            width = max(map(len, batch))
-            ids = torch.tensor([[pad] * (width - len(e)) + e for e in batch], device=target.device)
-            mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in batch], device=target.device)
-            out = target.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=pad, **sampling
-            )
+            # the EOS is learned too; padding after it is not
+            responses = generate_continuations(target, tokenizer, batch, max_new_tokens=max_new_tokens, **sampling)
             lines = []
-            for prompt, row in zip(batch, out[:, width:].tolist(), strict=True):
-                response = []
-                for token in row:
-                    response.append(token)
-                    if token in eos:  # the EOS is learned too; padding after it is not
-                        break
+            for prompt, response in zip(batch, responses, strict=True):
                 record = {"input_ids": prompt + response, "loss_mask": [0] * len(prompt) + [1] * len(response)}
                 lines.append(json.dumps(record) + "\n")
             handle.write("".join(lines))

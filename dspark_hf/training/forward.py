@@ -74,8 +74,11 @@ def block_outputs(
     input_ids: torch.Tensor,
     anchors: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
+    target_distributions: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Teacher-forced drafter outputs for the blocks opened at `anchors` (B, A); every tensor is (B, A, γ[, V])."""
+    """Teacher-forced drafter outputs for the blocks opened at `anchors` (B, A); every tensor is (B, A, γ[, V]).
+    `target_distributions=False` leaves out the target's logits at the block positions (a (B, A, γ, V) copy) for
+    callers that only need the drafts."""
     gamma = drafter.config.block_size
     batch, length = input_ids.shape
     with torch.no_grad():
@@ -118,14 +121,15 @@ def block_outputs(
         draft_logits = draft_logits + prev_embed.float() @ w2.float().T
         conf_features = torch.cat([hidden, prev_embed], dim=-1)
     confidence_logits = drafter.confidence_head(conf_features).squeeze(-1)
-    target_next = target_logits.gather(
-        1, positions.clamp(max=length - 1).flatten(1)[..., None].expand(-1, -1, target_logits.shape[-1])
-    ).view(batch, num, gamma, -1)
-    return {
+    outputs = {
         "draft_logits": draft_logits,
-        "target_logits": target_next,
         "labels": labels,
         "label_positions": label_pos_c,
         "confidence_logits": confidence_logits,
         "valid": in_range,
     }
+    if target_distributions:
+        outputs["target_logits"] = target_logits.gather(
+            1, positions.clamp(max=length - 1).flatten(1)[..., None].expand(-1, -1, target_logits.shape[-1])
+        ).view(batch, num, gamma, -1)
+    return outputs
