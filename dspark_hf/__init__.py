@@ -7,6 +7,7 @@ Importing this package registers the `dspark` model type with the Auto classes a
 from transformers import AutoConfig, AutoModel
 
 from .configuration_dspark import DSparkConfig
+from .drafters import DEFAULT_DRAFTER, load_drafter
 from .gating import ConfidenceThreshold, FixedLength, GatingPolicy, make_gating
 from .generation import DSparkCandidateGenerator, DSparkStats
 from .modeling_dspark import DSparkDrafter
@@ -18,6 +19,7 @@ AutoConfig.register("dspark", DSparkConfig, exist_ok=True)
 AutoModel.register(DSparkConfig, DSparkDrafter, exist_ok=True)
 
 __all__ = [
+    "DEFAULT_DRAFTER",
     "DEFAULT_TARGET",
     "ConfidenceThreshold",
     "DSparkCandidateGenerator",
@@ -26,6 +28,7 @@ __all__ = [
     "DSparkStats",
     "FixedLength",
     "GatingPolicy",
+    "load_drafter",
     "load_target",
     "make_gating",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from time import perf_counter
 from typing import Any
 
@@ -12,20 +13,7 @@ import torch
 from transformers import TextStreamer
 
 from .drafters import load_drafter
-from .targets import encode_prompt, load_target
-
-
-def _log(message: str) -> None:
-    print(f"[dspark] {message}", file=sys.stderr, flush=True)
-
-
-def sampling_kwargs(temperature: float) -> dict[str, Any]:
-    """Greedy at temperature 0, else plain sampling at that temperature (no top-k / top-p truncation)."""
-    if temperature < 0:
-        raise ValueError(f"--temperature must be >= 0, got {temperature}")
-    if temperature == 0:
-        return {"do_sample": False}
-    return {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+from .targets import encode_prompt, load_target, log, sampling_kwargs
 
 
 def _timed_generate(target, inputs, seed: int, streamer=None, **kwargs) -> tuple[torch.Tensor, float]:
@@ -43,7 +31,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     target, tokenizer = load_target(args.target, device=args.device, dtype=args.dtype)
     drafter, trained = load_drafter(args.drafter, target)
     if not trained:
-        _log(
+        log(
             "drafter: untrained (DSparkDrafter.from_target) - output is still exactly the target's, but drafts are "
             "rarely accepted, so expect tau near 1 and no speed-up. Pass --drafter for a trained one."
         )
@@ -70,7 +58,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "per_position_acceptance": stats.per_position_acceptance,
         "dspark_tok_s": len(tokens) / seconds,
         "dspark_seconds": seconds,
-        "drafter": str(args.drafter) if args.drafter else "untrained (DSparkDrafter.from_target)",
+        "drafter": _drafter_label(drafter, trained),
         "drafter_trained": trained,
         "target": target.config.name_or_path,
         "device": str(target.device),
@@ -98,33 +86,82 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_acceptance, read_eval_prompts, teacher_forced_acceptance
+def _drafter_label(drafter, trained: bool) -> str:
+    return drafter.name_or_path if trained else "untrained"
 
-    if args.teacher_forced and (args.temperature > 0 or args.gating != "fixed"):
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_acceptance, read_eval_prompts, summarize_rounds, teacher_forced_acceptance
+    from .evaluation.report import environment, eval_markdown, write_report
+
+    if args.teacher_forced and (any(t > 0 for t in args.temperature) or args.gating != "fixed"):
         raise ValueError("--teacher-forced replays greedy rounds with fixed gating: drop --temperature / --gating")
-    prompts = read_eval_prompts(args.data, args.limit)
+    sets = {path: read_eval_prompts(path, args.limit) for path in args.data}  # every file checked before loading
     target, tokenizer = load_target(args.target, device=args.device, dtype=args.dtype)
     drafter, trained = load_drafter(args.drafter, target)
     if not trained:
-        _log("drafter: untrained (DSparkDrafter.from_target) - expect tau near 1. Pass --drafter for a trained one.")
-    if args.teacher_forced:
-        result = teacher_forced_acceptance(target, tokenizer, drafter, prompts, args.max_new_tokens, args.batch_size)
-    else:
-        result = evaluate_acceptance(
-            target, tokenizer, drafter, prompts, args.max_new_tokens,
-            dict(sampling_kwargs(args.temperature), gating=args.gating), seed=args.seed,
-        )  # fmt: skip
-    result.update(
-        data=str(args.data), temperature=args.temperature, gating=args.gating, drafter_trained=trained,
-        method="teacher_forced" if args.teacher_forced else "generate",
+        log("drafter: untrained (DSparkDrafter.from_target) - expect tau near 1. Pass --drafter for a trained one.")
+    results, rounds = [], []
+    for path, prompts in sets.items():
+        for temperature in args.temperature:
+            log(f"{path}: {len(prompts)} prompts, temperature {temperature:g}")
+            if args.teacher_forced:
+                result = teacher_forced_acceptance(
+                    target, tokenizer, drafter, prompts, args.max_new_tokens, args.batch_size
+                )
+            else:
+                result = evaluate_acceptance(
+                    target, tokenizer, drafter, prompts, args.max_new_tokens,
+                    dict(sampling_kwargs(temperature), gating=args.gating), seed=args.seed,
+                )  # fmt: skip
+            rounds += result.pop("stats")
+            results.append(dict(result, dataset=Path(path).stem, data=str(path), temperature=temperature))
+    pooled = summarize_rounds(rounds)
+    report = {
+        "tau": pooled["tau"], "per_position_acceptance": pooled["per_position_acceptance"],
+        "rounds": pooled["rounds"], "prompts": sum(r["prompts"] for r in results), "results": results,
+        "gating": args.gating, "drafter": _drafter_label(drafter, trained), "drafter_trained": trained,
+        "method": "teacher_forced" if args.teacher_forced else "generate", "max_new_tokens": args.max_new_tokens,
+        **environment(target.device),
+    }  # fmt: skip
+    if args.out:
+        log("wrote " + ", ".join(map(str, write_report(report, args.out, "eval"))))
+    print(json.dumps(report) if args.json else eval_markdown(report))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .drafters import DEFAULT_DFLASH, DEFAULT_DRAFTER
+    from .evaluation import read_eval_prompts
+    from .evaluation.bench import benchmark
+    from .evaluation.report import bench_markdown, environment, write_report
+
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
+    prompts = read_eval_prompts(args.data, args.limit)
+    target, tokenizer = load_target(args.target, device=args.device, dtype=args.dtype)
+    drafters, labels = {}, {}
+    for method, name in (("dspark", args.drafter), ("dflash_ablation", args.dflash_drafter)):
+        drafter, trained = load_drafter(
+            name, target, default=DEFAULT_DFLASH if method == "dflash_ablation" else DEFAULT_DRAFTER
+        )
+        if trained:
+            drafters[method], labels[method] = drafter, drafter.name_or_path
+        else:
+            log(f"{method}: no trained drafter, left out of the benchmark")
+    result = benchmark(
+        target, tokenizer, prompts, drafters, args.max_new_tokens, args.temperature, args.repeats, args.seed,
+        args.prompt_lookup_tokens,
     )  # fmt: skip
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    acceptance = " ".join("-" if a is None else f"{a:.2f}" for a in result["per_position_acceptance"])
-    print(f"tau {result['tau']:.3f} over {result['rounds']} rounds, {result['prompts']} prompts")
-    print(f"acceptance by position: {acceptance}")
+    report = {
+        **result, "data": str(args.data), "prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature, "repeats": args.repeats, "batch_size": 1, "drafters": labels,
+        "prompt_lookup_num_tokens": args.prompt_lookup_tokens, "dtype": str(target.dtype).removeprefix("torch."),
+        **environment(target.device),
+    }  # fmt: skip
+    if args.out:
+        log("wrote " + ", ".join(map(str, write_report(report, args.out, "bench"))))
+    print(json.dumps(report) if args.json else bench_markdown(report))
     return 0
 
 
@@ -137,7 +174,7 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
         target, tokenizer, prompts, args.output, args.max_new_tokens, args.batch_size, args.max_prompt_tokens,
         args.temperature,
     )  # fmt: skip
-    _log(f"{len(prompts)} conversations in {path}")
+    log(f"{len(prompts)} conversations in {path}")
     return 0
 
 
@@ -149,7 +186,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     held_out = min(args.calibration_rows, len(rows) // 10)  # the last rows, never trained on
     rows, calibration_rows = (rows[:-held_out], rows[-held_out:]) if held_out else (rows, None)
     if not held_out:
-        _log("too few rows to hold some out: the confidences stay uncalibrated")
+        log("too few rows to hold some out: the confidences stay uncalibrated")
     target, tokenizer = load_target(args.target, device=args.device, dtype=args.dtype)
     extra = {"max_steps": args.steps} if args.steps else {"num_train_epochs": args.epochs}
     trainer = train_drafter(
@@ -164,11 +201,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if trainer.calibration:
         report = trainer.calibration
         temps = " ".join(f"{t:.2f}" for t in report["temperatures"])
-        _log(f"calibration on {held_out} held-out rows: ECE {report['ece_before']:.4f} -> {report['ece_after']:.4f}")
-        _log(f"confidence temperatures by position: {temps}")
+        log(f"calibration on {held_out} held-out rows: ECE {report['ece_before']:.4f} -> {report['ece_after']:.4f}")
+        log(f"confidence temperatures by position: {temps}")
     runtime = trainer.train_metrics.get("train_runtime", 0.0)
-    _log(f"drafter saved to {args.output} after {trainer.state.global_step} steps (training loop {runtime:.1f} s)")
+    log(f"drafter saved to {args.output} after {trainer.state.global_step} steps (training loop {runtime:.1f} s)")
     return 0
+
+
+DRAFTER_HELP = "drafter folder or Hub id (default: the shipped SmolLM2 drafter; 'untrained' for a fresh one)"
+TARGET_HELP = "target Hub id, folder or .gguf (default: SmolLM2-135M-Instruct)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,8 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate from one prompt with DSpark (optionally beside plain generate())")
     gen.add_argument("--prompt", required=True, help="user message (the target's chat template is applied)")
-    gen.add_argument("--drafter", default=None, help="drafter folder or Hub id (default: an untrained drafter)")
-    gen.add_argument("--target", default=None, help="target Hub id, folder or .gguf (default: SmolLM2-135M-Instruct)")
+    gen.add_argument(
+        "--drafter",
+        default=None,
+        help=DRAFTER_HELP,
+    )
+    gen.add_argument("--target", default=None, help=TARGET_HELP)
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     gen.add_argument("--gating", choices=["threshold", "fixed"], default="threshold", help="prefix policy per round")
@@ -188,13 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(func=cmd_generate)
 
-    ev = sub.add_parser("eval", help="acceptance length (tau) of a drafter over a JSONL prompt set")
-    ev.add_argument("--data", required=True, help='JSONL rows {"turns": [...]}; the first turn is the prompt')
-    ev.add_argument("--limit", type=int, default=None, help="use the first N prompts")
+    ev = sub.add_parser("eval", help="acceptance length (tau) of a drafter over JSONL prompt sets")
+    ev.add_argument("--data", required=True, nargs="+", help='JSONL files, rows {"turns": [...]} (first turn = prompt)')
+    ev.add_argument("--limit", type=int, default=None, help="use the first N prompts of each file")
     ev.add_argument("--max-new-tokens", type=int, default=256)
-    ev.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    ev.add_argument("--drafter", default=None, help="drafter folder or Hub id (default: an untrained drafter)")
-    ev.add_argument("--target", default=None, help="target Hub id, folder or .gguf (default: SmolLM2-135M-Instruct)")
+    ev.add_argument("--temperature", type=float, nargs="+", default=[0.0],
+                    help="one or more; 0 = greedy (default), e.g. --temperature 0 1")  # fmt: skip
+    ev.add_argument("--drafter", default=None, help=DRAFTER_HELP)
+    ev.add_argument("--target", default=None, help=TARGET_HELP)
     ev.add_argument("--gating", choices=["threshold", "fixed"], default="fixed",
                     help="fixed (default) verifies every draft, so tau measures the drafter alone")  # fmt: skip
     ev.add_argument(
@@ -204,16 +250,35 @@ def build_parser() -> argparse.ArgumentParser:
         "running them; the same tau, many times faster",
     )
     ev.add_argument("--batch-size", type=int, default=16, help="--teacher-forced: prompts continued at once")
+    ev.add_argument("--out", default=None, help="write OUT.json, OUT.md (table) and OUT.png (plot)")
     ev.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     ev.add_argument("--device", default=None)
     ev.add_argument("--dtype", default=None)
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=cmd_eval)
 
+    bench = sub.add_parser("bench", help="tokens/s of plain, prompt lookup, DFlash ablation and DSpark, one process")
+    bench.add_argument("--data", required=True, help='JSONL file, rows {"turns": [...]} (first turn = prompt)')
+    bench.add_argument("--limit", type=int, default=10, help="use the first N prompts (default 10)")
+    bench.add_argument("--max-new-tokens", type=int, default=256)
+    bench.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    bench.add_argument("--repeats", type=int, default=3, help="passes over the prompts; figures are medians")
+    bench.add_argument("--drafter", default=None, help=DRAFTER_HELP)
+    bench.add_argument("--dflash-drafter", default=None,
+                       help="the DFlash ablation (default: the shipped one; 'untrained' leaves it out)")  # fmt: skip
+    bench.add_argument("--prompt-lookup-tokens", type=int, default=10, help="prompt_lookup_num_tokens")
+    bench.add_argument("--target", default=None, help=TARGET_HELP)
+    bench.add_argument("--out", default=None, help="write OUT.json, OUT.md (table) and OUT.png (plot)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    bench.add_argument("--device", default=None)
+    bench.add_argument("--dtype", default=None)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.set_defaults(func=cmd_bench)
+
     prep = sub.add_parser("prepare-data", help="regenerate training responses with the target (resumable)")
     prep.add_argument("--prompts", default="sharegpt", help="'sharegpt' (default) or a JSONL file of prompts")
     prep.add_argument("--output", required=True, help="folder for data.jsonl")
-    prep.add_argument("--target", default=None, help="target Hub id, folder or .gguf (default: SmolLM2-135M-Instruct)")
+    prep.add_argument("--target", default=None, help=TARGET_HELP)
     prep.add_argument("--limit", type=int, default=None, help="use the first N prompts")
     prep.add_argument("--max-new-tokens", type=int, default=512)
     prep.add_argument("--max-prompt-tokens", type=int, default=1024)
@@ -226,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a drafter for a target with transformers.Trainer")
     train.add_argument("--data", required=True, help="folder or data.jsonl from `dspark prepare-data`")
     train.add_argument("--output", required=True, help="checkpoints and the final drafter folder")
-    train.add_argument("--target", default=None, help="target Hub id, folder or .gguf (default: SmolLM2-135M-Instruct)")
+    train.add_argument("--target", default=None, help=TARGET_HELP)
     train.add_argument("--markov-rank", type=int, default=128, help="0 = no Markov head (DFlash ablation)")
     train.add_argument("--loss", choices=["dspark", "ce"], default="dspark", help="ce = the DFlash ablation's loss")
     train.add_argument("--block-size", type=int, default=7)
@@ -255,8 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "max_new_tokens", 1) < 1:
         parser.error("--max-new-tokens must be >= 1")
     try:
-        if hasattr(args, "temperature"):  # check cheap arguments before loading any model
-            sampling_kwargs(args.temperature)
+        temperatures = getattr(args, "temperature", [])  # cheap checks before loading any model
+        for temperature in temperatures if isinstance(temperatures, list) else [temperatures]:
+            sampling_kwargs(temperature)
         if args.command == "generate":
             if not args.prompt.strip():
                 raise ValueError("The prompt is empty.")

@@ -1,25 +1,70 @@
-"""Loading a drafter for a target: a local folder or Hub id, or an untrained one built from the target."""
+"""Loading a drafter for a target: a local folder or Hub id, the shipped default, or an untrained one.
+
+The default drafter (for the default target, SmolLM2-135M-Instruct) is tried like the default target: the Hub id
+(cache, then network), then the copy in a source checkout's `model_cards/`, so the same call works online, offline
+in a clone, and in CI.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from transformers import AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 
-from .modeling_dspark import DSparkDrafter
+from .modeling_dspark import DSparkDrafter, check_target_compatible
+from .targets import hub_reachable, log
+
+DEFAULT_DRAFTER = "dspark-hf/SmolLM2-135M-Instruct-DSpark"
+DEFAULT_DFLASH = "dspark-hf/SmolLM2-135M-Instruct-DFlash-ablation"  # the benchmark's ablation: no Markov head, CE
+UNTRAINED = "untrained"
+MODEL_CARDS = Path(__file__).resolve().parents[1] / "model_cards"
+
+
+def default_drafter_source(repo_id: str = DEFAULT_DRAFTER) -> str | None:
+    """Where a shipped drafter loads from: its Hub id when cached or reachable, else its folder in `model_cards/`
+    (next to the package source, or under the working directory), else None."""
+    try:
+        AutoConfig.from_pretrained(repo_id, local_files_only=not hub_reachable())
+        return repo_id
+    except OSError:
+        pass
+    for root in (MODEL_CARDS, Path.cwd() / "model_cards"):
+        folder = root / repo_id.split("/")[1]
+        if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+            return str(folder)
+    return None
 
 
 def load_drafter(
-    name_or_path: str | os.PathLike | None, target: PreTrainedModel, **from_pretrained_kwargs
+    name_or_path: str | os.PathLike | None,
+    target: PreTrainedModel,
+    default: str = DEFAULT_DRAFTER,
+    **from_pretrained_kwargs,
 ) -> tuple[DSparkDrafter, bool]:
     """Return `(drafter, trained)`, bound to `target`.
 
-    With `name_or_path=None` the drafter is an untrained one from `DSparkDrafter.from_target` (lossless, but its
-    drafts are rarely accepted, so it brings no speed-up). Raises `ValueError` for a checkpoint that is not a DSpark
-    drafter or was trained for another target.
+    `name_or_path`: a folder or Hub id; `"untrained"` for `DSparkDrafter.from_target(target)` (lossless, but its
+    drafts are rarely accepted, so it brings no speed-up); None for the shipped drafter `default`, or the untrained
+    one, saying why, when `default` is not at hand or was trained for another target. Raises `ValueError` for a
+    checkpoint that is not a DSpark drafter or was trained for another target.
     """
-    if name_or_path is None:
+    if str(name_or_path) == UNTRAINED:
         return DSparkDrafter.from_target(target), False
+    if name_or_path is None:
+        source = default_drafter_source(default)
+        if source is None:
+            log(f"the default drafter ({default}) is neither on the Hub nor in a model_cards/ folder here")
+            return DSparkDrafter.from_target(target), False
+        try:
+            check_target_compatible(AutoConfig.from_pretrained(source), target)
+        except ValueError:
+            log(
+                f"the default drafter was trained for SmolLM2-135M-Instruct, not {target.config.name_or_path}; "
+                "train one for this target with `dspark train` and pass it as the drafter"
+            )
+            return DSparkDrafter.from_target(target), False
+        name_or_path = source
     model = AutoModel.from_pretrained(str(name_or_path), **from_pretrained_kwargs)
     if getattr(model, "_dspark_candidate_generator", None) is None:
         raise ValueError(

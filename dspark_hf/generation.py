@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,24 @@ if TYPE_CHECKING:
     from transformers import GenerationConfig, PreTrainedModel
 
     from .modeling_dspark import DSparkDrafter
+
+
+def acceptance_length(accepted_per_round: Sequence[int]) -> float:
+    """τ: mean tokens per round, the target's bonus token included (a round that accepts n drafts yields n + 1)."""
+    return (sum(accepted_per_round) + len(accepted_per_round)) / len(accepted_per_round) if accepted_per_round else 0.0
+
+
+def position_acceptance(
+    accepted_per_round: Sequence[int], verified_per_round: Sequence[int], block_size: int
+) -> list[float | None]:
+    """For each block position k: the share of the rounds that verified position k which accepted it (None where no
+    round verified k). Position k is accepted only if every earlier one was, so the rates fall with k."""
+    rates: list[float | None] = []
+    for k in range(block_size):
+        verified = sum(1 for v in verified_per_round if v > k)
+        accepted = sum(1 for a in accepted_per_round if a > k)
+        rates.append(accepted / verified if verified else None)
+    return rates
 
 
 @dataclass
@@ -48,18 +67,11 @@ class DSparkStats:
 
     @property
     def tau(self) -> float:
-        """Mean accepted length per round, bonus token included."""
-        return (self.accepted_tokens + self.rounds) / self.rounds if self.rounds else 0.0
+        return acceptance_length(self.accepted_per_round)
 
     @property
     def per_position_acceptance(self) -> list[float | None]:
-        """For each block position k: accepted / verified among the rounds that verified position k."""
-        rates: list[float | None] = []
-        for k in range(self.block_size):
-            verified = sum(1 for v in self.verified_per_round if v > k)
-            accepted = sum(1 for a in self.accepted_per_round if a > k)
-            rates.append(accepted / verified if verified else None)
-        return rates
+        return position_acceptance(self.accepted_per_round, self.verified_per_round, self.block_size)
 
     def as_dict(self) -> dict[str, Any]:
         return {

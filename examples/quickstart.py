@@ -2,13 +2,10 @@
 
     python examples/quickstart.py [--drafter PATH_OR_HUB_ID] [--max-new-tokens N]
 
-Without --drafter an untrained drafter is built from the target: the output is still exactly the target's, but its
-drafts are rarely accepted (tau near 1).
+Without --drafter it uses the shipped SmolLM2 drafter (from the Hub, or model_cards/ in this repository offline).
 """
 
 import argparse
-
-from transformers import AutoModel
 
 import dspark_hf
 
@@ -18,10 +15,7 @@ parser.add_argument("--max-new-tokens", type=int, default=64)
 args = parser.parse_args()
 
 target, tokenizer = dspark_hf.load_target()  # SmolLM2-135M-Instruct: Hub first, the GGUF build offline
-if args.drafter:
-    drafter = AutoModel.from_pretrained(args.drafter)
-else:
-    drafter = dspark_hf.DSparkDrafter.from_target(target)
+drafter, _ = dspark_hf.load_drafter(args.drafter, target)  # or AutoModel.from_pretrained(path_or_hub_id)
 
 messages = [{"role": "user", "content": "Write a Python function that returns the n-th Fibonacci number."}]
 inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)

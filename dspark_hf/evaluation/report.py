@@ -1,0 +1,156 @@
+"""Reports of `dspark eval` and `dspark bench`: where and how a run was made, a markdown table, a PNG plot.
+
+A committed result must say what produced it, so every report carries the device, versions, date and command."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Device, library versions, date and the command line of this run."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {_cpu_model()}"
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "device": name,
+        "cpu_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "triton": triton_version,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": shlex.join(["dspark", *sys.argv[1:]]),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _environment_lines(env: dict[str, Any]) -> list[str]:
+    return [
+        f"- device: {env['device']} ({env['cpu_threads']} CPU threads)",
+        f"- versions: python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, "
+        f"triton {env['triton']}",
+        f"- date: {env['date']}",
+        f"- command: `{env['command']}`",
+    ]
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def eval_markdown(report: dict[str, Any]) -> str:
+    """τ and acceptance by position, one row per (dataset, temperature)."""
+    block = max(len(r["per_position_acceptance"]) for r in report["results"])
+    head = "| dataset | temperature | prompts | rounds | τ | " + " | ".join(f"pos {k + 1}" for k in range(block)) + " |"
+    rows = [head, "|" + " --- |" * (5 + block)]
+    for r in report["results"]:
+        rates = " | ".join(_fmt(a) for a in r["per_position_acceptance"])
+        rows.append(
+            f"| {r['dataset']} | {r['temperature']:g} | {r['prompts']} | {r['rounds']} | {r['tau']:.2f} | {rates} |"
+        )
+    return "\n".join([f"# dspark eval — drafter `{report['drafter']}`", "", *rows, "", *_environment_lines(report)])
+
+
+def bench_markdown(report: dict[str, Any]) -> str:
+    """One row per method: tokens/s, speed-up against plain generate(), τ, identical to plain."""
+    rows = ["| method | tok/s | speed-up | τ | identical to plain |", "| --- | --- | --- | --- | --- |"]
+    for name, m in report["methods"].items():
+        identical = "-" if m["identical"] is None else ("yes" if m["identical"] else "**no**")
+        rows.append(f"| {name} | {m['tok_s']:.1f} | {m['speedup']:.2f}× | {m['tau']:.2f} | {identical} |")
+    setup = (
+        f"{report['data']}: {report['prompts']} prompts, {report['max_new_tokens']} new tokens, temperature "
+        f"{report['temperature']:g}, batch 1, median of {report['repeats']} passes after warm-up"
+    )
+    profile = [
+        "Where the time goes (one more pass, device synchronised around each target forward):",
+        "",
+        "| method | target forwards | drafting | rest of generate() | total s |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, m in report["methods"].items():
+        p = m["profile"]
+        shares = " | ".join(f"{100 * p[k] / p['total_s']:.0f}%" for k in ("target_forward_s", "draft_s", "other_s"))
+        profile.append(f"| {name} | {shares} | {p['total_s']:.2f} |")
+    return "\n".join(["# dspark bench", "", setup, "", *rows, "", *profile, "", *_environment_lines(report)])
+
+
+def plot_eval(report: dict[str, Any], path: Path) -> None:
+    """Left: acceptance by block position per (dataset, temperature); right: τ per dataset and temperature."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in report["results"]:
+        rates = [(k + 1, a) for k, a in enumerate(r["per_position_acceptance"]) if a is not None]
+        left.plot(*zip(*rates, strict=True), marker="o", label=f"{r['dataset']} T={r['temperature']:g}")
+    left.set(xlabel="block position", ylabel="acceptance", title="Acceptance by position", ylim=(0, 1))
+    left.legend(fontsize=8)
+    labels = [f"{r['dataset']}\nT={r['temperature']:g}" for r in report["results"]]
+    bars = right.bar(labels, [r["tau"] for r in report["results"]], color="#4c72b0")
+    right.bar_label(bars, fmt="%.2f")
+    right.set(ylabel="τ (tokens per round)", title="Acceptance length τ")
+    _save(fig, path, f"drafter {report['drafter']} · {report['device']}")
+
+
+def plot_bench(report: dict[str, Any], path: Path) -> None:
+    """Speed-up against plain generate() per method (τ printed on each bar)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = list(report["methods"])
+    bars = ax.bar(names, [report["methods"][n]["speedup"] for n in names], color="#55a868")
+    ax.bar_label(bars, labels=[f"{report['methods'][n]['speedup']:.2f}× τ={report['methods'][n]['tau']:.2f}"
+                               for n in names])  # fmt: skip
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    title = f"{Path(report['data']).stem}, {report['max_new_tokens']} new tokens, T={report['temperature']:g}"
+    ax.set(ylabel="speed-up vs plain generate()", title=title)
+    _save(fig, path, report["device"])
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError("PNG plots need matplotlib: pip install 'dspark-hf[eval]'") from err
+    return plt
+
+
+def _save(fig, path: Path, caption: str) -> None:
+    fig.suptitle(caption, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    fig.clf()
+
+
+def write_report(report: dict[str, Any], out: str | Path, kind: str) -> list[Path]:
+    """`out`.json, `out`.md and `out`.png for a `kind` ("eval" or "bench") report; returns the paths."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out.parent / f"{out.name}.{suffix}" for suffix in ("json", "md", "png")]
+    paths[0].write_text(json.dumps(report, indent=1) + "\n")
+    paths[1].write_text((eval_markdown if kind == "eval" else bench_markdown)(report) + "\n")
+    (plot_eval if kind == "eval" else plot_bench)(report, paths[2])
+    return paths

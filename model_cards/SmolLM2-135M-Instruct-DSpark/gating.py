@@ -1,0 +1,66 @@
+"""Gating policies: how many of the γ drafted tokens the target verifies this round.
+
+A policy is any callable `(prefix_probs) -> int` where `prefix_probs[k]` is the drafter's estimate that drafts
+0..k all survive verification (`a_k = Π c_i`). It returns L in 0..len(prefix_probs). The generator calls exactly one
+policy per round; the hardware-aware scheduler plugs in here.
+
+Self-contained on purpose: this file travels with every checkpoint as Hub remote code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class GatingPolicy(Protocol):
+    def __call__(self, prefix_probs: Sequence[float]) -> int: ...
+
+
+class FixedLength:
+    """Verify the first `length` drafts (all of them with `length=None`): the plain DFlash-style round."""
+
+    def __init__(self, length: int | None = None):
+        if length is not None and length < 0:
+            raise ValueError(f"length must be >= 0, got {length}")
+        self.length = length
+
+    def __call__(self, prefix_probs: Sequence[float]) -> int:
+        n = len(prefix_probs)
+        return n if self.length is None else min(self.length, n)
+
+    def __repr__(self) -> str:
+        return f"FixedLength({self.length})"
+
+
+class ConfidenceThreshold:
+    """Verify drafts while their predicted prefix survival is at least `threshold` (always at least `min_length`).
+
+    Verifying a draft that is likely rejected costs target compute and buys nothing; this cuts those.
+    """
+
+    def __init__(self, threshold: float = 0.1, min_length: int = 1):
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        self.threshold = threshold
+        self.min_length = min_length
+
+    def __call__(self, prefix_probs: Sequence[float]) -> int:
+        length = 0
+        for a in prefix_probs:
+            if a < self.threshold:
+                break
+            length += 1
+        return min(max(length, self.min_length), len(prefix_probs))
+
+    def __repr__(self) -> str:
+        return f"ConfidenceThreshold({self.threshold})"
+
+
+def make_gating(name: str, threshold: float = 0.1, length: int | None = None) -> GatingPolicy:
+    """Build a policy from its name, as stored in `DSparkConfig.gating` or given on the CLI."""
+    if name == "threshold":
+        return ConfidenceThreshold(threshold)
+    if name == "fixed":
+        return FixedLength(length)
+    raise ValueError(f"Unknown gating policy {name!r}; choose 'threshold' or 'fixed', or pass a callable")

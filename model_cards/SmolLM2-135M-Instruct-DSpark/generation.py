@@ -1,0 +1,285 @@
+"""DSpark inside `model.generate()`: the candidate generator and the routing that selects it.
+
+One round, all in `DSparkCandidateGenerator.get_candidates`:
+  1. append the target's features of the newly verified tokens to the drafter's context cache;
+  2. one backbone pass over the anchor-first block → base logits and hidden states for γ positions;
+  3. `markov_draft`: the Markov bias, the logits processors, token choice and confidences, left to right (one fused
+     Triton launch on CUDA for greedy, temperature, top-k and top-p; a PyTorch loop elsewhere or for other processors);
+  4. cut at EOS and at the length budget, let the gating policy choose the prefix L, hand L drafts (with the exact
+     logits they were sampled from) to Transformers, whose loop verifies them with one target forward.
+
+Self-contained on purpose: this file travels with every checkpoint as Hub remote code.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers.generation.candidate_generator import CandidateGenerator
+from transformers.generation.logits_process import LogitsProcessorList
+
+from .gating import GatingPolicy, make_gating
+from .markov_kernel import markov_draft
+
+if TYPE_CHECKING:
+    from transformers import GenerationConfig, PreTrainedModel
+
+    from .modeling_dspark import DSparkDrafter
+
+
+def acceptance_length(accepted_per_round: Sequence[int]) -> float:
+    """τ: mean tokens per round, the target's bonus token included (a round that accepts n drafts yields n + 1)."""
+    return (sum(accepted_per_round) + len(accepted_per_round)) / len(accepted_per_round) if accepted_per_round else 0.0
+
+
+def position_acceptance(
+    accepted_per_round: Sequence[int], verified_per_round: Sequence[int], block_size: int
+) -> list[float | None]:
+    """For each block position k: the share of the rounds that verified position k which accepted it (None where no
+    round verified k). Position k is accepted only if every earlier one was, so the rates fall with k."""
+    rates: list[float | None] = []
+    for k in range(block_size):
+        verified = sum(1 for v in verified_per_round if v > k)
+        accepted = sum(1 for a in accepted_per_round if a > k)
+        rates.append(accepted / verified if verified else None)
+    return rates
+
+
+@dataclass
+class DSparkStats:
+    """Figures of one `generate()` call. τ counts the bonus token: a round that accepts n drafts yields n + 1."""
+
+    block_size: int
+    rounds: int = 0
+    drafted_tokens: int = 0
+    verified_tokens: int = 0
+    accepted_tokens: int = 0
+    accepted_per_round: list[int] = field(default_factory=list)
+    verified_per_round: list[int] = field(default_factory=list)
+    draft_time_s: float = 0.0
+    total_time_s: float = 0.0
+
+    @property
+    def tau(self) -> float:
+        return acceptance_length(self.accepted_per_round)
+
+    @property
+    def per_position_acceptance(self) -> list[float | None]:
+        return position_acceptance(self.accepted_per_round, self.verified_per_round, self.block_size)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rounds": self.rounds,
+            "drafted_tokens": self.drafted_tokens,
+            "verified_tokens": self.verified_tokens,
+            "accepted_tokens": self.accepted_tokens,
+            "tau": self.tau,
+            "per_position_acceptance": self.per_position_acceptance,
+            "accepted_per_round": list(self.accepted_per_round),
+            "draft_time_s": self.draft_time_s,
+            "total_time_s": self.total_time_s,
+        }
+
+
+class DSparkCandidateGenerator(CandidateGenerator):
+    """Drafts with a bound `DSparkDrafter` from the target's own hidden states (batch size 1)."""
+
+    requires_model_outputs = True
+    model_kwargs_overrides = {"output_hidden_states": True}
+
+    def __init__(
+        self,
+        drafter: DSparkDrafter,
+        target: PreTrainedModel,
+        generation_config: GenerationConfig,
+        logits_processor: LogitsProcessorList | None = None,
+        gating: GatingPolicy | str | None = None,
+        **_: Any,
+    ):
+        self.drafter = drafter
+        self.target = target
+        self.block_size = drafter.config.block_size
+        self.max_length = generation_config.max_length
+        self.do_sample = bool(generation_config.do_sample)
+        self.logits_processor = LogitsProcessorList(logits_processor or [])  # `markov_draft` fuses what it can
+        eos = getattr(generation_config, "_eos_token_tensor", None)
+        self.eos_ids = set(eos.flatten().tolist()) if eos is not None else set()
+        cfg = drafter.config
+        gating = gating or drafter.gating or cfg.gating
+        self.gating = make_gating(gating, cfg.confidence_threshold) if isinstance(gating, str) else gating
+        temps = cfg.confidence_temperatures
+        self.conf_temps = torch.tensor(temps, device=drafter.device) if temps is not None else None
+        self.cache = drafter.new_context_cache()
+        self.stats = DSparkStats(block_size=self.block_size)
+        drafter.stats = self.stats
+        self._started = perf_counter()
+        self._pending: tuple[int, int] | None = None
+
+    @torch.no_grad()
+    def get_candidates(
+        self,
+        input_ids: torch.LongTensor,
+        model_kwargs: dict[str, Any] | None = None,
+        model_outputs: Any = None,
+        is_first_iteration: bool = False,
+        n_last_matches: int = 0,
+        **kwargs: Any,
+    ) -> tuple[torch.LongTensor, torch.Tensor | None]:
+        if is_first_iteration:  # the target prefills first; we draft from its hidden states next call
+            return input_ids, None
+        started = perf_counter()
+        drafter = self.drafter
+        verified_len = input_ids.shape[1] - 1  # the last token (the anchor) has not been through the target yet
+        new = verified_len - self.cache.length
+        hidden_states = getattr(model_outputs, "hidden_states", None)
+        if hidden_states is None or new < 1 or hidden_states[0].shape[1] < new:
+            raise RuntimeError(
+                "DSpark lost track of the target's verified tokens "
+                f"(cache {self.cache.length}, sequence {verified_len}); this is a bug, please report it."
+            )
+        drafter.append_context(self.cache, drafter.fuse_context(hidden_states, new))
+
+        budget = min(self.block_size, self.max_length - input_ids.shape[1] - 1)
+        if budget <= 0:  # room for the target's own last token only: a round with nothing to verify
+            self._pending = (0, 0)
+            return input_ids, None
+
+        anchor = input_ids[:, -1]
+        positions = torch.arange(verified_len, verified_len + self.block_size, device=input_ids.device)[None]
+        context = [self.cache.get(i) for i in range(len(drafter.layers))]
+        hidden = drafter(drafter.block_embeddings(anchor), positions, context)[0, :budget]
+        base_logits = drafter.lm_head(hidden).float()
+        uniforms = torch.rand(base_logits.shape, device=base_logits.device) if self.do_sample else None
+        tokens, q_logits, _, prefix_probs = markov_draft(
+            base_logits,
+            hidden,
+            anchor,
+            *drafter.markov_weights(),
+            drafter.confidence_head.weight[0],
+            drafter.confidence_head.bias,
+            self.conf_temps,
+            uniforms=uniforms,
+            logits_processor=self.logits_processor,
+            prefix_ids=input_ids,
+        )
+
+        # one device->host transfer per round: token ids (exact in float64) and prefix survival a_k = Π c_i
+        token_list, prefix_probs = torch.stack([tokens.double(), prefix_probs.double()]).tolist()
+        drafted = len(token_list)
+        for k, token in enumerate(token_list):
+            if int(token) in self.eos_ids:  # nothing after EOS can be kept, so never verify it
+                drafted = k + 1
+                break
+        length = max(0, min(int(self.gating(prefix_probs[:drafted])), drafted))
+
+        self.stats.draft_time_s += perf_counter() - started
+        self._pending = (drafted, length)
+        if length == 0:
+            return input_ids, None
+        candidates = torch.cat([input_ids, tokens[None, :length].to(input_ids.dtype)], dim=-1)
+        return candidates, q_logits[None, :length]
+
+    def update_candidate_strategy(self, input_ids: torch.LongTensor, scores: torch.Tensor, num_matches: int) -> None:
+        """Transformers calls this after each verification: record the round."""
+        if self._pending is None:
+            return
+        drafted, verified = self._pending
+        self._pending = None
+        accepted = min(int(num_matches), verified)
+        stats = self.stats
+        stats.rounds += 1
+        stats.drafted_tokens += drafted
+        stats.verified_tokens += verified
+        stats.accepted_tokens += accepted
+        stats.accepted_per_round.append(accepted)
+        stats.verified_per_round.append(verified)
+        stats.total_time_s = perf_counter() - self._started
+
+
+# ----- routing inside generate() -----------------------------------------------------------------------------------
+
+
+def _is_dspark(model: Any) -> bool:
+    return getattr(model, "_dspark_candidate_generator", None) is not None
+
+
+def validate_request(target: PreTrainedModel, args: tuple, kwargs: dict[str, Any]) -> None:
+    """Refuse, before any work, what the DSpark path cannot do losslessly."""
+    config = kwargs.get("generation_config") or target.generation_config
+
+    def setting(name: str) -> Any:
+        return kwargs.get(name, getattr(config, name, None))
+
+    inputs = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+    if inputs is None:
+        raise ValueError("DSpark drafting needs `input_ids` (prompts given only as `inputs_embeds` are not supported).")
+    if inputs.shape[0] != 1:
+        raise ValueError(
+            f"DSpark drafting inside generate() supports batch size 1 (Transformers' assisted decoding loop is "
+            f"single-sequence); got batch size {inputs.shape[0]}. Call generate() once per prompt."
+        )
+    if (setting("num_beams") or 1) > 1:
+        raise ValueError(
+            "DSpark drafting supports greedy decoding and sampling, not beam search: set num_beams=1, or drop "
+            "assistant_model to run beam search with the target alone."
+        )
+    if (setting("num_return_sequences") or 1) > 1:
+        raise ValueError("DSpark drafting returns one sequence per call: set num_return_sequences=1.")
+    if setting("penalty_alpha") and (setting("top_k") or 0) > 1 and not setting("do_sample"):
+        raise ValueError("Contrastive search (penalty_alpha) is not supported with DSpark drafting.")
+    if setting("cache_implementation") in ("static", "hybrid", "sliding_window", "offloaded_static"):
+        raise ValueError("DSpark drafting needs a dynamic (croppable) target cache; drop cache_implementation.")
+    mask = kwargs.get("attention_mask")
+    if mask is not None and not bool(mask.bool().all()):
+        raise ValueError("DSpark drafting does not support padded prompts: pass the prompt without padding.")
+
+
+def install_generate_routing() -> None:
+    """Route `generate(..., assistant_model=<DSparkDrafter>)` to `DSparkCandidateGenerator`. Idempotent.
+
+    Two thin wrappers on `GenerationMixin`: `generate` validates the request and binds the drafter to the target;
+    `_get_candidate_generator` hands back the drafter's own generator. Any other assistant goes through untouched.
+    """
+    from transformers.generation.utils import GenerationMixin
+
+    if getattr(GenerationMixin._get_candidate_generator, "_dspark_routed", False):
+        return
+    original_get = GenerationMixin._get_candidate_generator
+    original_generate = GenerationMixin.generate
+    signature = inspect.signature(original_get)
+
+    @functools.wraps(original_get)
+    def _get_candidate_generator(self, *args, **kwargs):
+        arguments = signature.bind(self, *args, **kwargs).arguments
+        assistant = arguments.get("assistant_model")
+        if not _is_dspark(assistant):
+            return original_get(self, *args, **kwargs)
+        return assistant._dspark_candidate_generator(
+            target=self,
+            generation_config=arguments["generation_config"],
+            logits_processor=arguments.get("logits_processor"),
+        )
+
+    @functools.wraps(original_generate)
+    def generate(self, *args, **kwargs):
+        assistant = kwargs.get("assistant_model")
+        if not _is_dspark(assistant):
+            return original_generate(self, *args, **kwargs)
+        gating = kwargs.pop("gating", None)
+        validate_request(self, args, kwargs)
+        assistant.bind(self)
+        previous, assistant.gating = assistant.gating, gating or assistant.gating
+        try:
+            return original_generate(self, *args, **kwargs)
+        finally:
+            assistant.gating = previous
+
+    _get_candidate_generator._dspark_routed = True
+    GenerationMixin._get_candidate_generator = _get_candidate_generator
+    GenerationMixin.generate = generate
