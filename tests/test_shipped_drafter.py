@@ -17,6 +17,8 @@ from dspark_hf import DSparkDrafter
 from dspark_hf.drafters import DEFAULT_DRAFTER, MODEL_CARDS, load_drafter
 from dspark_hf.targets import encode_prompt, smollm2_gguf_path
 
+pytestmark = pytest.mark.compat  # the shipped folder must load and draft on the oldest supported transformers too
+
 FOLDER = MODEL_CARDS / DEFAULT_DRAFTER.split("/")[1]
 PACKAGE = FOLDER.parents[1] / "dspark_hf"
 

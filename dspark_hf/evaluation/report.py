@@ -110,7 +110,8 @@ def plot_eval(report: dict[str, Any], path: Path) -> None:
     bars = right.bar(labels, [r["tau"] for r in report["results"]], color="#4c72b0")
     right.bar_label(bars, fmt="%.2f")
     right.set(ylabel="τ (tokens per round)", title="Acceptance length τ")
-    _save(fig, path, f"drafter {report['drafter']} · {report['device']}")
+    right.tick_params(axis="x", labelsize=7 if len(labels) > 4 else 9)
+    _save(fig, path, f"drafter {Path(report['drafter']).name} · {report['device']}")
 
 
 def plot_bench(report: dict[str, Any], path: Path) -> None:
