@@ -6,25 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from time import perf_counter
 from typing import Any
 
-import torch
 from transformers import TextStreamer
 
 from .drafters import load_drafter
-from .targets import encode_prompt, load_target, log, sampling_kwargs
-
-
-def _timed_generate(target, inputs, seed: int, streamer=None, **kwargs) -> tuple[torch.Tensor, float]:
-    torch.manual_seed(seed)
-    if target.device.type == "cuda":
-        torch.cuda.synchronize()
-    started = perf_counter()
-    out = target.generate(**inputs, streamer=streamer, **kwargs)
-    if target.device.type == "cuda":
-        torch.cuda.synchronize()
-    return out[0, inputs["input_ids"].shape[1] :], perf_counter() - started
+from .targets import encode_prompt, load_target, log, sampling_kwargs, timed_generate
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -43,12 +30,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     # Warm up both paths once (allocator, kernels, lazy inits) so timings compare steady states.
     warm = dict(kwargs, max_new_tokens=min(8, args.max_new_tokens))
-    _timed_generate(target, inputs, args.seed, **warm, **dspark_kwargs)
+    timed_generate(target, inputs, args.seed, **warm, **dspark_kwargs)
     if args.compare:
-        _timed_generate(target, inputs, args.seed, **warm)
+        timed_generate(target, inputs, args.seed, **warm)
 
     streamer = None if args.json else TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    tokens, seconds = _timed_generate(target, inputs, args.seed, streamer=streamer, **kwargs, **dspark_kwargs)
+    tokens, seconds = timed_generate(target, inputs, args.seed, streamer=streamer, **kwargs, **dspark_kwargs)
     stats = drafter.stats
     result: dict[str, Any] = {
         "text": tokenizer.decode(tokens, skip_special_tokens=True),
@@ -66,7 +53,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "gating": args.gating,
     }
     if args.compare:
-        plain, plain_seconds = _timed_generate(target, inputs, args.seed, **kwargs)
+        plain, plain_seconds = timed_generate(target, inputs, args.seed, **kwargs)
         result["plain_tok_s"] = len(plain) / plain_seconds
         result["plain_seconds"] = plain_seconds
         result["speedup"] = result["dspark_tok_s"] / result["plain_tok_s"]

@@ -15,6 +15,7 @@ import tempfile
 import zipfile
 from functools import lru_cache
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 from urllib.parse import urlparse
 
@@ -175,6 +176,22 @@ def eos_ids(target: PreTrainedModel, tokenizer) -> set[int]:
     configured = getattr(target.generation_config, "eos_token_id", None)
     ids = set([configured] if isinstance(configured, int) else configured or [])
     return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so host clocks time it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_generate(target: PreTrainedModel, inputs, seed: int, **generate_kwargs) -> tuple[torch.Tensor, float]:
+    """One seeded `generate()` of a batch-1 prompt, timed between device synchronisations: (new tokens, seconds)."""
+    torch.manual_seed(seed)
+    synchronize(target.device)
+    started = perf_counter()
+    out = target.generate(**inputs, **generate_kwargs)
+    synchronize(target.device)
+    return out[0, inputs["input_ids"].shape[1] :], perf_counter() - started
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ greedy decoding, replayed from the target's own continuations (`teacher_forced_a
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -74,16 +75,21 @@ def evaluate_acceptance(
     return _report(per_prompt, new_tokens)
 
 
-def summarize_rounds(per_prompt: list[DSparkStats]) -> dict[str, Any]:
-    """τ and per-position acceptance over every round of every prompt, computed by the `acceptance_length` module of
-    the `evaluate` library (`dspark_hf/evaluation/acceptance_length`)."""
+@lru_cache(maxsize=1)
+def _acceptance_length():
     try:
         import evaluate
     except ImportError as err:
         raise ImportError("dspark eval computes τ with the `evaluate` library: pip install 'dspark-hf[eval]'") from err
     from . import ACCEPTANCE_LENGTH
 
-    measure = evaluate.load(str(ACCEPTANCE_LENGTH))
+    return evaluate.load(str(ACCEPTANCE_LENGTH))
+
+
+def summarize_rounds(per_prompt: list[DSparkStats]) -> dict[str, Any]:
+    """τ and per-position acceptance over every round of every prompt, computed by the `acceptance_length` module of
+    the `evaluate` library (`dspark_hf/evaluation/acceptance_length`; loaded once per process)."""
+    measure = _acceptance_length()
     for stats in per_prompt:
         measure.add_batch(accepted=stats.accepted_per_round, verified=stats.verified_per_round)
     return measure.compute(block_size=per_prompt[0].block_size)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..targets import encode_prompt, sampling_kwargs
+from ..targets import encode_prompt, sampling_kwargs, synchronize, timed_generate
 
 METHODS = ("plain", "prompt_lookup", "dflash_ablation", "dspark")
 
@@ -42,11 +42,6 @@ def method_kwargs(drafters: dict[str, Any], prompt_lookup_tokens: int) -> dict[s
     if drafters.get("dspark") is not None:  # the drafter's own default gating
         methods["dspark"] = {"assistant_model": drafters["dspark"]}
     return methods
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -85,14 +80,9 @@ def benchmark(
                 runs[name].seconds.append(0.0)
             for i, inputs in enumerate(encoded):
                 for name in order:
-                    torch.manual_seed(seed + i)
                     forwards[0] = 0
-                    _sync(target.device)
-                    started = perf_counter()
-                    out = target.generate(**inputs, **common, **methods[name])
-                    _sync(target.device)
-                    elapsed = perf_counter() - started
-                    new = out[0, inputs["input_ids"].shape[1] :].tolist()
+                    out, elapsed = timed_generate(target, inputs, seed + i, **common, **methods[name])
+                    new = out.tolist()
                     run = runs[name]
                     run.tokens[-1] += len(new)
                     run.seconds[-1] += elapsed
@@ -119,11 +109,11 @@ def profile_method(target, encoded: list[dict[str, torch.Tensor]], generate_kwar
     forward_s, started = [0.0], [0.0]
 
     def before(*_):
-        _sync(device)
+        synchronize(device)
         started[0] = perf_counter()
 
     def after(*_):
-        _sync(device)
+        synchronize(device)
         forward_s[0] += perf_counter() - started[0]
 
     hooks = [target.register_forward_pre_hook(before), target.register_forward_hook(after)]
@@ -131,12 +121,7 @@ def profile_method(target, encoded: list[dict[str, torch.Tensor]], generate_kwar
     total = draft = 0.0
     try:
         for i, inputs in enumerate(encoded):
-            torch.manual_seed(seed + i)
-            _sync(device)
-            t0 = perf_counter()
-            target.generate(**inputs, **generate_kwargs)
-            _sync(device)
-            total += perf_counter() - t0
+            total += timed_generate(target, inputs, seed + i, **generate_kwargs)[1]
             draft += drafter.stats.draft_time_s if drafter is not None else 0.0
     finally:
         for hook in hooks:
