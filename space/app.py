@@ -159,7 +159,7 @@ def build_demo(app: SideBySide) -> gr.Blocks:
         with gr.Row():
             max_new = gr.Slider(16, MAX_NEW_TOKENS, value=128, step=1, label="Max new tokens", elem_id="max-new-tokens")
             temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
-            gating = gr.Radio(["threshold", "fixed"], value="threshold", label="Gating", elem_id="gating")
+            gating = gr.Radio(["scheduler", "threshold", "fixed"], value="scheduler", label="Gating", elem_id="gating")
         run = gr.Button("Run", variant="primary", elem_id="run")
         summary = gr.Markdown(elem_id="summary")
         with gr.Row():
@@ -180,7 +180,8 @@ def main() -> None:
     target, tokenizer = dspark_hf.load_target()
     drafter, trained = load_drafter(os.environ.get("DSPARK_DRAFTER") or None, target)
     app = SideBySide(target, tokenizer, drafter, trained)
-    for _ in app.run("Hello", 8, 0.0, "threshold"):  # warm-up: the first request's timings should be steady ones
+    # warm-up (and, the first time on a machine, the scheduler's cost profile): the first request runs steady
+    for _ in app.run("Hello", 8, 0.0, "scheduler"):
         pass
     build_demo(app).launch()  # honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (default 127.0.0.1:7860)
 

@@ -4,6 +4,10 @@ DSpark drafter and its DFlash ablation; greedy outputs compared with plain gener
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import EVAL_DIR
@@ -78,3 +82,62 @@ def test_bench_refuses_zero_repeats(capsys):
     args = ["bench", "--data", str(EVAL_DIR / "gsm8k.jsonl"), "--repeats", "0", "--device", "cpu"]
     assert main(args) == 1
     assert "repeats" in capsys.readouterr().err
+
+
+def test_bench_compares_gating_policies_on_the_same_drafter(tmp_path, capsys):
+    """`--gating` adds DSpark rows under other policies; each row says its policy, the share of verified drafts that
+    were accepted and how many drafts it verified per round."""
+    args = ["bench", "--data", str(EVAL_DIR / "mt-bench.jsonl"), "--limit", "2", "--max-new-tokens", "32",
+            "--repeats", "1", "--gating", "fixed", "threshold", "scheduler", "--methods", "dspark", "dspark_fixed",
+            "dspark_threshold", "--profile-limit", "1", "--device", "cpu", "--json",
+            "--out", str(tmp_path / "g")]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    methods = report["methods"]
+    assert list(methods) == ["plain", "dspark", "dspark_fixed", "dspark_threshold"]  # scheduler is dspark's default
+    assert [methods[m].get("gating") for m in methods] == [None, "scheduler", "fixed", "threshold"]
+    assert report["profile_prompts"] == 1
+    for name in ("dspark", "dspark_fixed", "dspark_threshold"):
+        m = methods[name]
+        assert m["identical"] is True, name
+        assert 0 < m["acceptance_rate"] <= 1 and 0 < m["mean_verified"] <= 7
+    # fixed verifies every draft, so it verifies the most per round and has the lowest share accepted
+    assert methods["dspark_fixed"]["mean_verified"] > 5  # 7 a round, less only where the token budget ends
+    assert methods["dspark_fixed"]["mean_verified"] > methods["dspark_threshold"]["mean_verified"]
+    assert methods["dspark_fixed"]["acceptance_rate"] < methods["dspark_threshold"]["acceptance_rate"]
+    table = (tmp_path / "g.md").read_text()
+    assert "| dspark_threshold | threshold |" in table and "accepted / verified" in table
+    assert "over 1 prompts" in table
+
+
+def test_bench_refuses_unknown_methods_and_gatings(capsys):
+    base = [
+        "bench",
+        "--data",
+        str(EVAL_DIR / "gsm8k.jsonl"),
+        "--limit",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "--device",
+        "cpu",
+    ]
+    assert main([*base, "--methods", "dspark_fastest"]) == 1
+    assert "unknown or unavailable methods ['dspark_fastest']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main([*base, "--gating", "fastest"])
+    assert exit_.value.code == 2 and "Unknown gating 'fastest'" in capsys.readouterr().err
+
+
+def test_benchmark_example_script_runs(tmp_path):
+    """examples/benchmark.sh as a user runs it (tiny settings): the cost profile, then every set with the gatings."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "LIMIT": "1", "REPEATS": "1",
+           "NEW_TOKENS": "8", "DEVICE": "cpu", "EVAL_DIR": str(EVAL_DIR)}  # fmt: skip
+    script = Path(__file__).resolve().parents[1] / "examples" / "benchmark.sh"
+    result = subprocess.run(["bash", str(script), str(tmp_path / "run")], env=env, capture_output=True, text=True,
+                            timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "run_profile.json").read_text())["profile"]["verify_s"]
+    for name in ("gsm8k", "humaneval", "mt-bench"):
+        methods = json.loads((tmp_path / f"run_{name}.json").read_text())["methods"]
+        assert {"plain", "prompt_lookup", "dspark", "dspark_fixed", "dspark_threshold"} <= set(methods), name

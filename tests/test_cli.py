@@ -105,3 +105,35 @@ def test_quickstart_example_runs():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "identical to plain generate(): True" in result.stdout
+
+
+def test_profile_command_measures_caches_and_reports(tiny_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DSPARK_HF_CACHE", str(tmp_path / "cache"))
+    args = ["profile", "--target", str(tiny_dir / "target"), "--drafter", str(tiny_dir / "drafter"), "--batch-sizes",
+            "1", "2", "--device", "cpu", "--json", "--out", str(tmp_path / "prof")]  # fmt: skip
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out.strip().splitlines()[-1])
+    profile = report["profile"]
+    assert set(profile["verify_s"]) == {"1", "2"} and all(len(row) == 8 for row in profile["verify_s"].values())
+    assert len(profile["draft_s"]) == 1 and report["path"].startswith(str(tmp_path / "cache" / "profiles"))
+    assert "measuring costs" in captured.err and "profiling verification" in captured.err  # message + progress bar
+    assert Path(report["path"]).is_file() and {"device", "torch", "date", "command"} <= set(report)
+    table = (tmp_path / "prof.md").read_text()
+    assert "| new tokens per sequence | batch 1 | batch 2 |" in table and "drafting round" in table
+    assert (tmp_path / "prof.png").read_bytes()[:4] == b"\x89PNG"
+
+    assert main([*args[:-2], "--cached"]) == 0  # --cached: nothing left to measure
+    assert "measuring costs" not in capsys.readouterr().err
+
+
+def test_generate_gating_option(tiny_dir, capsys):
+    args = ["generate", "--prompt", "hi", "--target", str(tiny_dir / "target"), "--drafter", str(tiny_dir / "drafter"),
+            "--max-new-tokens", "12", "--json"]  # fmt: skip
+    assert main([*args, "--gating", "fixed:2"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["gating"] == "fixed:2"
+    assert main(args) == 0  # default: the drafter's own (a fresh config's: the scheduler)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["gating"] == "scheduler"
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--gating", "fixed:x"])
+    assert exit_.value.code == 2 and "Unknown gating" in capsys.readouterr().err

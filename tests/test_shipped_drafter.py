@@ -42,8 +42,17 @@ def test_folder_is_a_complete_hub_repo():
         "AutoModel": "modeling_dspark.DSparkDrafter",
     }
     assert len(config["confidence_temperatures"]) == config["block_size"], "calibrated"
+    assert config["gating"] == "scheduler"  # the default policy: measured costs, not a fixed rule
     # the remote code is the package's own, byte for byte: a stale copy would run other code than the tests cover
-    for name in ("configuration_dspark.py", "modeling_dspark.py", "generation.py", "gating.py", "markov_kernel.py"):
+    names = (
+        "configuration_dspark.py",
+        "modeling_dspark.py",
+        "generation.py",
+        "gating.py",
+        "scheduler.py",
+        "markov_kernel.py",
+    )
+    for name in names:
         assert (FOLDER / name).read_text() == (PACKAGE / name).read_text(), f"{name} differs from dspark_hf/{name}"
     with safe_open(FOLDER / "model.safetensors", "pt") as weights:
         keys = set(weights.keys())
@@ -144,7 +153,8 @@ print(json.dumps({
 @pytest.mark.slow
 def test_the_folder_alone_drafts_for_smollm2_with_remote_code(smollm2):
     """A Hub user's path: no dspark_hf import, `trust_remote_code=True` runs the folder's own code on the real
-    target (loaded by Transformers alone), output identical to plain greedy, drafts accepted."""
+    target (loaded by Transformers alone; the default gating, the scheduler, profiles the device from that code too),
+    output identical to plain greedy, drafts accepted."""
     out = run_isolated(REMOTE_ON_SMOLLM2, str(FOLDER), str(smollm2_gguf_path()), eval_prompts("gsm8k", 1)[0])
     assert out["class"].startswith("transformers_modules.") and not out["dspark_hf_imported"]
     assert out["identical"] and out["rounds"] > 0 and out["accepted"] > 0

@@ -64,7 +64,7 @@ def test_greedy_token_identical_on_eval_prompts(target, cases, drafter):
     assert len(PROMPTS) >= 20 and cases[-1][1]["input_ids"].shape[1] > 1000
     rounds = accepted = multi = 0
     for i, (name, inputs, plain) in enumerate(cases):
-        gating = "fixed" if i % 2 == 0 else "threshold"
+        gating = ("fixed", "threshold", "scheduler")[i % 3]  # the scheduler: L from this device's measured costs
         spec = model.generate(
             **inputs, assistant_model=drafter, max_new_tokens=NEW_TOKENS, do_sample=False, gating=gating
         )

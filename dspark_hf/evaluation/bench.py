@@ -1,5 +1,6 @@
 """Speed against peers in one process, on the same prompts: plain `generate()`, Transformers' prompt lookup, the
-DFlash ablation (no Markov head, CE-trained, same generator) and DSpark.
+DFlash ablation (no Markov head, CE-trained, same generator) and DSpark — under its default gating and, for the
+gating comparison, under any other gating policies (`dspark_<gating>` rows).
 
 Each method is warmed up first; then every prompt runs through every method (the order rotates per repeat, so no
 method always follows the same one), the whole pass is repeated, and a method's figures are medians over passes.
@@ -8,6 +9,7 @@ method always follows the same one), the whole pass is repeated, and a method's 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
@@ -29,18 +31,34 @@ class MethodRuns:
     outputs: list[list[int]] = field(default_factory=list)
     forwards: int = 0  # target forwards in the first pass, prefills included
     first_pass_tokens: int = 0
+    rounds: int = 0  # drafter methods, first pass: rounds, drafts verified, drafts accepted
+    verified: int = 0
+    accepted: int = 0
 
 
-def method_kwargs(drafters: dict[str, Any], prompt_lookup_tokens: int) -> dict[str, dict[str, Any]]:
-    """generate() keywords per method; a drafter method without a drafter is left out."""
+def method_kwargs(
+    drafters: dict[str, Any], prompt_lookup_tokens: int, gatings: Sequence[str] = (), only: Sequence[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """generate() keywords per method; a drafter method without a drafter is left out. `gatings` adds one
+    `dspark_<gating>` row per policy; `only` keeps those methods (plain, the baseline, always stays)."""
     methods: dict[str, dict[str, Any]] = {
         "plain": {},
         "prompt_lookup": {"prompt_lookup_num_tokens": prompt_lookup_tokens},
     }
     if drafters.get("dflash_ablation") is not None:  # its confidence head is untrained: verify every draft
         methods["dflash_ablation"] = {"assistant_model": drafters["dflash_ablation"], "gating": "fixed"}
-    if drafters.get("dspark") is not None:  # the drafter's own default gating
-        methods["dspark"] = {"assistant_model": drafters["dspark"]}
+    if drafters.get("dspark") is not None:  # the drafter's own default gating, then each one asked for
+        drafter = drafters["dspark"]
+        default = drafter.gating or drafter.config.gating
+        methods["dspark"] = {"assistant_model": drafter, "gating": default}
+        for gating in gatings:
+            if gating != default:  # the default's figures are the `dspark` row
+                methods[f"dspark_{gating}"] = {"assistant_model": drafter, "gating": gating}
+    if only is not None:
+        unknown = set(only) - set(methods)
+        if unknown:
+            raise ValueError(f"unknown or unavailable methods {sorted(unknown)}; available: {sorted(methods)}")
+        methods = {name: kwargs for name, kwargs in methods.items() if name == "plain" or name in only}
     return methods
 
 
@@ -55,15 +73,19 @@ def benchmark(
     repeats: int = 3,
     seed: int = 0,
     prompt_lookup_tokens: int = 10,
+    gatings: Sequence[str] = (),
+    only: Sequence[str] | None = None,
+    profile_prompts: int | None = None,
 ) -> dict[str, Any]:
     """Run every method on every prompt `repeats` times. Per method: `tok_s` (median over passes of the pass's new
     tokens / seconds), `speedup` (against plain), `tau` (new tokens per target forward, prefills included: 1.0 for
     plain, one measure for every method), `identical` (greedy: every output equals plain's; None when sampling) and
-    the passes' raw figures."""
+    the passes' raw figures; drafter methods add `acceptance_rate` (accepted / verified drafts) and `mean_verified`
+    (drafts verified per round). The profile pass runs over the first `profile_prompts` prompts (all by default)."""
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
     common = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling_kwargs(temperature))
-    methods = method_kwargs(drafters, prompt_lookup_tokens)
+    methods = method_kwargs(drafters, prompt_lookup_tokens, gatings, only)
     encoded = [encode_prompt(tokenizer, p, target.device) for p in prompts]
     forwards = [0]
     hook = target.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
@@ -90,13 +112,21 @@ def benchmark(
                         run.outputs.append(new)
                         run.forwards += forwards[0]
                         run.first_pass_tokens += len(new)
+                        stats = getattr(methods[name].get("assistant_model"), "stats", None)
+                        if stats is not None:
+                            run.rounds += stats.rounds
+                            run.verified += stats.verified_tokens
+                            run.accepted += stats.accepted_tokens
                     bar.update(1)
         bar.close()
     finally:
         hook.remove()
     report = _summarize(runs, greedy=temperature == 0)
     for name, kwargs in methods.items():
-        report["methods"][name]["profile"] = profile_method(target, encoded, dict(common, **kwargs), seed)
+        profile = profile_method(target, encoded[:profile_prompts], dict(common, **kwargs), seed)
+        report["methods"][name]["profile"] = profile
+        if "gating" in kwargs:
+            report["methods"][name]["gating"] = str(kwargs["gating"])
     return report
 
 
@@ -147,4 +177,7 @@ def _summarize(runs: dict[str, MethodRuns], greedy: bool) -> dict[str, Any]:
             "tok_s_per_pass": rates[name],
             "new_tokens_per_pass": run.tokens,
         }
+        if run.rounds:
+            methods[name]["acceptance_rate"] = run.accepted / run.verified if run.verified else None
+            methods[name]["mean_verified"] = run.verified / run.rounds
     return {"methods": methods}

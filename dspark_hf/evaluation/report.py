@@ -15,10 +15,11 @@ from typing import Any
 import torch
 import transformers
 
+from ..scheduler import device_name
+
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Device, library versions, date and the command line of this run."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {_cpu_model()}"
     try:
         import triton
 
@@ -26,7 +27,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     except ImportError:
         triton_version = None
     return {
-        "device": name,
+        "device": device_name(device),
         "cpu_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -35,16 +36,6 @@ def environment(device: torch.device) -> dict[str, Any]:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": shlex.join(["dspark", *sys.argv[1:]]),
     }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _environment_lines(env: dict[str, Any]) -> list[str]:
@@ -75,17 +66,27 @@ def eval_markdown(report: dict[str, Any]) -> str:
 
 
 def bench_markdown(report: dict[str, Any]) -> str:
-    """One row per method: tokens/s, speed-up against plain generate(), τ, identical to plain."""
-    rows = ["| method | tok/s | speed-up | τ | identical to plain |", "| --- | --- | --- | --- | --- |"]
+    """One row per method: tokens/s, speed-up against plain generate(), τ, identical to plain; for drafter methods
+    their gating, the share of verified drafts accepted and the drafts verified per round."""
+    rows = [
+        "| method | gating | tok/s | speed-up | τ | accepted / verified | verified per round | identical to plain |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, m in report["methods"].items():
         identical = "-" if m["identical"] is None else ("yes" if m["identical"] else "**no**")
-        rows.append(f"| {name} | {m['tok_s']:.1f} | {m['speedup']:.2f}× | {m['tau']:.2f} | {identical} |")
+        accepted = "-" if m.get("acceptance_rate") is None else f"{100 * m['acceptance_rate']:.1f}%"
+        verified = _fmt(m.get("mean_verified"))
+        rows.append(
+            f"| {name} | {m.get('gating', '-')} | {m['tok_s']:.1f} | {m['speedup']:.2f}× | {m['tau']:.2f} | "
+            f"{accepted} | {verified} | {identical} |"
+        )
     setup = (
         f"{report['data']}: {report['prompts']} prompts, {report['max_new_tokens']} new tokens, temperature "
         f"{report['temperature']:g}, batch 1, median of {report['repeats']} passes after warm-up"
     )
     profile = [
-        "Where the time goes (one more pass, device synchronised around each target forward):",
+        f"Where the time goes (one more pass over {report.get('profile_prompts', report['prompts'])} prompts, device "
+        "synchronised around each target forward):",
         "",
         "| method | target forwards | drafting | rest of generate() | total s |",
         "| --- | --- | --- | --- | --- |",
@@ -95,6 +96,28 @@ def bench_markdown(report: dict[str, Any]) -> str:
         shares = " | ".join(f"{100 * p[k] / p['total_s']:.0f}%" for k in ("target_forward_s", "draft_s", "other_s"))
         profile.append(f"| {name} | {shares} | {p['total_s']:.2f} |")
     return "\n".join(["# dspark bench", "", setup, "", *rows, "", *profile, "", *_environment_lines(report)])
+
+
+def profile_markdown(report: dict[str, Any]) -> str:
+    """T_v in milliseconds: one row per number of new tokens per sequence, one column per batch size."""
+    profile = report["profile"]
+    batches = sorted(profile["verify_s"], key=int)
+    rows = [
+        "| new tokens per sequence | " + " | ".join(f"batch {b}" for b in batches) + " |",
+        "| --- |" + " --- |" * len(batches),
+    ]
+    for t in range(1, max(len(profile["verify_s"][b]) for b in batches) + 1):
+        cells = [
+            _fmt(1e3 * row[t - 1], 1) if t <= len(row) else "-" for row in (profile["verify_s"][b] for b in batches)
+        ]
+        rows.append(f"| {t} | " + " | ".join(cells) + " |")
+    drafts = [f"- drafting round ({signature}): {1e3 * s:.1f} ms" for signature, s in profile["draft_s"].items()]
+    setup = (
+        f"{profile['target']} in {profile['dtype']} on {profile['device']}: one target forward on a "
+        f"{profile['context_tokens']}-token cache, milliseconds (median of repeats, made nondecreasing in tokens)"
+    )
+    return "\n".join(["# dspark profile", "", setup, "", *rows, "", *drafts, f"- cached at {report['path']}", "",
+                      *_environment_lines(report)])  # fmt: skip
 
 
 def plot_eval(report: dict[str, Any], path: Path) -> None:
@@ -128,6 +151,20 @@ def plot_bench(report: dict[str, Any], path: Path) -> None:
     _save(fig, path, report["device"])
 
 
+def plot_profile(report: dict[str, Any], path: Path) -> None:
+    """T_v against new tokens per sequence, one line per batch size, drafting rounds as horizontal lines."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    profile = report["profile"]
+    for batch, row in sorted(profile["verify_s"].items(), key=lambda kv: int(kv[0])):
+        ax.plot(range(1, len(row) + 1), [1e3 * v for v in row], marker="o", label=f"verify, batch {batch}")
+    for signature, seconds in profile["draft_s"].items():
+        ax.axhline(1e3 * seconds, linestyle="--", color="grey", label=f"drafting round ({signature})")
+    ax.set(xlabel="new tokens per sequence", ylabel="ms", title=f"Measured costs, {profile['target']}", ylim=(0, None))
+    ax.legend(fontsize=7)
+    _save(fig, path, report["device"])
+
+
 def _pyplot():
     try:
         import matplotlib
@@ -147,11 +184,16 @@ def _save(fig, path: Path, caption: str) -> None:
 
 
 def write_report(report: dict[str, Any], out: str | Path, kind: str) -> list[Path]:
-    """`out`.json, `out`.md and `out`.png for a `kind` ("eval" or "bench") report; returns the paths."""
+    """`out`.json, `out`.md and `out`.png for a `kind` ("eval", "bench" or "profile") report; returns the paths."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.parent / f"{out.name}.{suffix}" for suffix in ("json", "md", "png")]
     paths[0].write_text(json.dumps(report, indent=1) + "\n")
-    paths[1].write_text((eval_markdown if kind == "eval" else bench_markdown)(report) + "\n")
-    (plot_eval if kind == "eval" else plot_bench)(report, paths[2])
+    markdown, plot = {
+        "eval": (eval_markdown, plot_eval),
+        "bench": (bench_markdown, plot_bench),
+        "profile": (profile_markdown, plot_profile),
+    }[kind]
+    paths[1].write_text(markdown(report) + "\n")
+    plot(report, paths[2])
     return paths

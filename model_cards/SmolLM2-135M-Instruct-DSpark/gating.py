@@ -2,7 +2,8 @@
 
 A policy is any callable `(prefix_probs) -> int` where `prefix_probs[k]` is the drafter's estimate that drafts
 0..k all survive verification (`a_k = Π c_i`). It returns L in 0..len(prefix_probs). The generator calls exactly one
-policy per round; the hardware-aware scheduler plugs in here.
+policy per round. By name: `"scheduler"` (the default: `scheduler.PrefixScheduler`, from measured device costs),
+`"threshold"` / `"threshold:0.3"`, `"fixed"` (all γ drafts) / `"fixed:4"`.
 
 Self-contained on purpose: this file travels with every checkpoint as Hub remote code.
 """
@@ -10,7 +11,14 @@ Self-contained on purpose: this file travels with every checkpoint as Hub remote
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from .modeling_dspark import DSparkDrafter
+
+GATING_NAMES = ("scheduler", "threshold", "fixed")
 
 
 class GatingPolicy(Protocol):
@@ -57,10 +65,36 @@ class ConfidenceThreshold:
         return f"ConfidenceThreshold({self.threshold})"
 
 
-def make_gating(name: str, threshold: float = 0.1, length: int | None = None) -> GatingPolicy:
-    """Build a policy from its name, as stored in `DSparkConfig.gating` or given on the CLI."""
+def parse_gating(spec: str) -> tuple[str, float | None]:
+    """`"name"` or `"name:value"` → (name, value); raises on anything else, naming the accepted forms."""
+    name, _, value = spec.partition(":")
+    problem = name not in GATING_NAMES or (name == "scheduler" and value)
+    try:
+        number = float(value) if value else None
+    except ValueError:
+        problem = True
+    if not problem and name == "fixed" and number is not None and (number != int(number) or number < 0):
+        problem = True
+    if problem:
+        raise ValueError(
+            f"Unknown gating {spec!r}: choose 'scheduler', 'threshold' (or 'threshold:<a in [0, 1]>'), "
+            "'fixed' (all drafts) or 'fixed:<L>', or pass a callable policy"
+        )
+    return name, number
+
+
+def make_gating(
+    spec: str, threshold: float = 0.1, target: PreTrainedModel | None = None, drafter: DSparkDrafter | None = None
+) -> GatingPolicy:
+    """Build a policy from its name, as stored in `DSparkConfig.gating` or given on the CLI. The scheduler needs the
+    target and the drafter: it measures (once, cached on disk) what their rounds cost on this device."""
+    name, value = parse_gating(spec)
     if name == "threshold":
-        return ConfidenceThreshold(threshold)
+        return ConfidenceThreshold(threshold if value is None else value)
     if name == "fixed":
-        return FixedLength(length)
-    raise ValueError(f"Unknown gating policy {name!r}; choose 'threshold' or 'fixed', or pass a callable")
+        return FixedLength(None if value is None else int(value))
+    if target is None or drafter is None:
+        raise ValueError("gating 'scheduler' needs the target and the drafter (it measures their costs)")
+    from .scheduler import PrefixScheduler
+
+    return PrefixScheduler.for_models(target, drafter)

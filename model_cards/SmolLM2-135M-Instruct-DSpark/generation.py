@@ -112,7 +112,9 @@ class DSparkCandidateGenerator(CandidateGenerator):
         self.eos_ids = set(eos.flatten().tolist()) if eos is not None else set()
         cfg = drafter.config
         gating = gating or drafter.gating or cfg.gating
-        self.gating = make_gating(gating, cfg.confidence_threshold) if isinstance(gating, str) else gating
+        if isinstance(gating, str):
+            gating = make_gating(gating, cfg.confidence_threshold, target=target, drafter=drafter)
+        self.gating = gating
         temps = cfg.confidence_temperatures
         self.conf_temps = torch.tensor(temps, device=drafter.device) if temps is not None else None
         self.cache = drafter.new_context_cache()

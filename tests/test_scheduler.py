@@ -1,0 +1,237 @@
+"""The hardware-aware prefix scheduler: cost profiles (measured, cached), the per-request choice of L, the batched
+Algorithm 1 and its early stop, and the scheduler as generate()'s default gating (lossless on tiny targets)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+
+import pytest
+import torch
+from conftest import tiny_target
+from test_generation_tiny import assert_same_greedy, primed_drafter
+
+from dspark_hf import (
+    ConfidenceThreshold,
+    CostProfile,
+    DSparkConfig,
+    DSparkDrafter,
+    FixedLength,
+    PrefixScheduler,
+    load_profile,
+    make_gating,
+    schedule_batch,
+)
+from dspark_hf.scheduler import drafter_signature, isotonic, profile_path
+
+pytestmark = pytest.mark.compat
+
+
+def random_prefix_probs(rng: random.Random, length: int) -> list[float]:
+    """a_k = Π c_i for random confidences: in [0, 1] and never increasing, as the drafter's are."""
+    probs, a = [], 1.0
+    for _ in range(length):
+        a *= rng.random() ** 0.5
+        probs.append(a)
+    return probs
+
+
+def random_costs(rng: random.Random, length: int, convex: bool = True) -> list[float]:
+    """Nondecreasing costs; with `convex`, each extra token costs no less than the one before."""
+    steps = [rng.uniform(0.0, 3.0) for _ in range(length - 1)]
+    if convex:
+        steps.sort()
+    return list(itertools.accumulate([rng.uniform(5.0, 30.0), *steps]))
+
+
+def rate(lengths, prefix_probs, verify_cost, draft_cost) -> float:
+    gain = sum(1 + sum(p[:n]) for n, p in zip(lengths, prefix_probs, strict=True))
+    return gain / (draft_cost + verify_cost(len(lengths) + sum(lengths)))
+
+
+# ----- measured costs ------------------------------------------------------------------------------------------------
+
+
+def test_isotonic_is_the_closest_nondecreasing_fit():
+    assert isotonic([1.0, 2.0, 3.0]) == [1.0, 2.0, 3.0]
+    assert isotonic([1.0, 3.0, 2.0, 4.0]) == [1.0, 2.5, 2.5, 4.0]  # one outlier is pooled, not propagated
+    rng = random.Random(0)
+    for _ in range(50):
+        values = [rng.uniform(0, 10) for _ in range(rng.randint(1, 12))]
+        fitted = isotonic(values)
+        assert all(a <= b + 1e-12 for a, b in itertools.pairwise(fitted))
+        assert sum(fitted) == pytest.approx(sum(values))  # pooling keeps the mean
+
+
+def test_cost_profile_interpolates_round_trips_and_refuses_what_it_lacks():
+    profile = CostProfile("cpu", "t", "float32", 256, 2, verify_s={1: [0.01, 0.02, 0.04], 4: [0.02, 0.03, 0.05]})
+    assert profile.verify_time(1) == 0.01 and profile.verify_time(3) == 0.04
+    assert profile.verify_time(2.5) == pytest.approx(0.03)
+    assert profile.verify_time(0.5) == 0.01  # at least one token is always verified
+    assert profile.verify_time(10 / 4, batch=4) == pytest.approx(0.04)
+    with pytest.raises(ValueError, match="dspark profile --batch-sizes 2"):
+        profile.verify_time(1, batch=2)
+    with pytest.raises(ValueError, match="beyond"):
+        profile.verify_time(4)
+    assert CostProfile.from_json(profile.to_json()) == profile
+    with pytest.raises(ValueError, match="format"):
+        CostProfile.from_json(json.dumps({**json.loads(profile.to_json()), "format": 99}))
+
+
+def test_profile_is_measured_once_cached_and_extended(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSPARK_HF_CACHE", str(tmp_path))
+    target = tiny_target(seed=1)
+    drafter = DSparkDrafter.from_target(target, markov_rank=8, block_size=5)
+    profile = load_profile(target, drafter, progress=False)
+    path = profile_path(target)
+    assert path.parent == tmp_path / "profiles" and path.is_file()
+    row = profile.verify_s[1]
+    assert len(row) == 6 and all(s > 0 for s in row) and row == sorted(row)  # 1..block+1 tokens, nondecreasing
+    assert profile.draft_s[drafter_signature(drafter)] > 0
+    assert profile.device.startswith("CPU") and profile.dtype == "float32"
+
+    stamp = path.stat().st_mtime_ns
+    assert load_profile(target, drafter, progress=False) == profile and path.stat().st_mtime_ns == stamp  # cached
+
+    wider = load_profile(target, drafter, batch_sizes=(1, 3), progress=False)  # only what is missing is measured
+    assert wider.verify_s[1] == row and len(wider.verify_s[3]) == 6
+    other = DSparkDrafter.from_target(target, markov_rank=0, block_size=5)
+    both = load_profile(target, other, progress=False)
+    assert set(both.draft_s) == {drafter_signature(drafter), drafter_signature(other)}
+    assert CostProfile.from_json(path.read_text()) == both
+
+    path.write_text("{not json")
+    assert load_profile(target, drafter, progress=False).verify_s[1]  # unreadable: measured again, not a crash
+    assert profile_path(tiny_target(seed=1, hidden_size=64, intermediate_size=96)) != path  # another model, own file
+
+
+# ----- one request --------------------------------------------------------------------------------------------------
+
+
+def test_scheduler_picks_the_length_with_the_best_expected_rate():
+    rng = random.Random(1)
+    for _ in range(200):
+        gamma = rng.randint(1, 9)
+        probs, costs, draft = (
+            random_prefix_probs(rng, gamma),
+            random_costs(rng, gamma + 1, convex=False),
+            rng.uniform(0, 20),
+        )
+        chosen = PrefixScheduler(costs, draft)(probs)
+        rates = [(1 + sum(probs[:n])) / (draft + costs[n]) for n in range(gamma + 1)]
+        assert rates[chosen] == pytest.approx(max(rates))
+
+
+def test_scheduler_follows_the_cost_shape():
+    probs = [0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05]
+    flat = PrefixScheduler([25.0] * 8, draft_s=3.0)  # an H200 at batch 1: verifying more is free
+    assert flat(probs) == 7
+    steep = PrefixScheduler([33.0 + 4.0 * t for t in range(8)], draft_s=20.0)  # a 2-core CPU: each token costs
+    assert 0 < steep(probs) < 7
+    assert PrefixScheduler([10.0, 100.0], draft_s=0.0)([0.99]) == 0  # a draft not worth its verification
+    assert PrefixScheduler([25.0, 25.0], draft_s=0.0)([0.9, 0.8, 0.7]) == 1  # never beyond the profile
+
+
+# ----- the batched form (Algorithm 1) ---------------------------------------------------------------------------------
+
+
+def test_batch_schedule_is_optimal_when_marginal_costs_never_fall():
+    """Against brute force over every per-request length: the greedy, early-stopped admission is the best."""
+    rng = random.Random(2)
+    for _ in range(150):
+        batch, gamma = rng.randint(1, 3), rng.randint(1, 4)
+        probs = [random_prefix_probs(rng, gamma) for _ in range(batch)]
+        costs = random_costs(rng, batch * (gamma + 1))
+        cost = lambda n, costs=costs: costs[n - 1]  # noqa: E731
+        draft = rng.uniform(0, 10)
+        lengths = schedule_batch(probs, cost, draft)
+        best = max(rate(ls, probs, cost, draft) for ls in itertools.product(range(gamma + 1), repeat=batch))
+        assert rate(lengths, probs, cost, draft) == pytest.approx(best)
+
+
+def test_batch_schedule_stops_early_because_throughput_is_unimodal():
+    """The paper's reason for stopping at the first admission that does not raise throughput: a_k falls with k, so
+    ranked admissions bring ever smaller gains, while each extra token costs at least as much as the last — the
+    modeled throughput then rises and falls once, and no later admission can beat the stopping point."""
+    rng = random.Random(3)
+    for _ in range(100):
+        probs = [random_prefix_probs(rng, 6) for _ in range(4)]
+        costs = random_costs(rng, 28)
+        ranked = sorted(((a, k, r) for r, p in enumerate(probs) for k, a in enumerate(p)), key=lambda x: (-x[0], x[1]))
+        gains = list(itertools.accumulate([4.0] + [a for a, _, _ in ranked]))
+        curve = [g / costs[3 + n] for n, g in enumerate(gains)]
+        peak = curve.index(max(curve))
+        assert all(a < b for a, b in itertools.pairwise(curve[: peak + 1]))
+        assert all(a >= b for a, b in itertools.pairwise(curve[peak:]))  # never rises again after the peak
+        assert sum(schedule_batch(probs, lambda n, costs=costs: costs[n - 1])) == peak
+
+    # without the premise the early stop can be wrong: a cost that jumps, then stays flat (cheaper marginal tokens)
+    probs = [[0.9, 0.8, 0.7, 0.6]]
+    jump = [10.0, 30.0, 30.0, 30.0, 30.0]
+    stopped = schedule_batch(probs, lambda n: jump[n - 1])
+    assert stopped == [0] and rate([4], probs, lambda n: jump[n - 1], 0.0) > rate(
+        stopped, probs, lambda n: jump[n - 1], 0.0
+    )
+
+
+def test_batch_schedule_flat_versus_growing_costs_and_bad_input():
+    probs = [[0.9, 0.5, 0.2], [0.6, 0.1, 0.01]]
+    assert schedule_batch(probs, lambda n: 25.0, draft_cost=3.0) == [3, 3]  # flat: admit everything with a > 0
+    grows = schedule_batch(probs, lambda n: 10.0 + 6.0 * n, draft_cost=3.0)
+    assert grows[0] >= grows[1] and sum(grows) < 6  # the confident request gets more of the budget
+    # a measured profile prices a batched forward by the tokens it carries per sequence
+    profile = CostProfile("cpu", "t", "float32", 256, 2, verify_s={2: [0.02, 0.03, 0.05, 0.08]})
+    cost = lambda n: profile.verify_time(n / 2, batch=2)  # noqa: E731
+    best = max(itertools.product(range(4), repeat=2), key=lambda ls: rate(ls, probs, cost, 0.005))
+    assert rate(schedule_batch(probs, cost, 0.005), probs, cost, 0.005) == pytest.approx(rate(best, probs, cost, 0.005))
+    with pytest.raises(ValueError, match="never increase"):
+        schedule_batch([[0.5, 0.6]], lambda n: 1.0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        schedule_batch([[1.5]], lambda n: 1.0)
+
+
+# ----- the scheduler inside generate() -------------------------------------------------------------------------------
+
+
+def test_scheduler_is_the_default_gating_and_lossless(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSPARK_HF_CACHE", str(tmp_path))
+    assert DSparkConfig().gating == "scheduler"
+    for seed in range(3):
+        target = tiny_target(seed=seed, sharp=4.0)
+        prompt = torch.randint(0, 32, (1, 6), generator=torch.Generator().manual_seed(seed))
+        drafter = primed_drafter(target, prompt)
+        assert_same_greedy(target, drafter, prompt, max_new_tokens=40)  # gating=None: the config's scheduler
+        stats = drafter.stats
+        assert stats.rounds > 0 and all(v <= drafter.config.block_size for v in stats.verified_per_round)
+    assert len(list((tmp_path / "profiles").glob("*.json"))) == 1  # one model shape, one device: one profile
+
+
+def test_make_gating_names_and_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSPARK_HF_CACHE", str(tmp_path))
+    assert isinstance(make_gating("fixed"), FixedLength) and make_gating("fixed").length is None
+    assert make_gating("fixed:3").length == 3
+    assert make_gating("threshold", threshold=0.2).threshold == 0.2
+    assert make_gating("threshold:0.4").threshold == 0.4 and isinstance(
+        make_gating("threshold:0.4"), ConfidenceThreshold
+    )
+    with pytest.raises(ValueError, match="needs the target and the drafter"):
+        make_gating("scheduler")
+    target = tiny_target(seed=0)
+    drafter = DSparkDrafter.from_target(target, markov_rank=8)
+    scheduler = make_gating("scheduler", target=target, drafter=drafter)
+    profile = load_profile(target, drafter, progress=False)
+    assert isinstance(scheduler, PrefixScheduler) and scheduler.verify_s == profile.verify_s[1]
+    for bad in ("sheduler", "fixed:-1", "fixed:2.5", "threshold:x", "scheduler:3"):
+        with pytest.raises(ValueError, match="Unknown gating"):
+            make_gating(bad)
+    with pytest.raises(ValueError, match="Unknown gating"):
+        DSparkConfig(gating="fastest")
+
+
+def test_fixed_prefix_length_from_its_name():
+    target = tiny_target(seed=2, sharp=4.0)
+    prompt = torch.randint(0, 32, (1, 6), generator=torch.Generator().manual_seed(2))
+    drafter = primed_drafter(target, prompt)
+    assert_same_greedy(target, drafter, prompt, max_new_tokens=30, gating="fixed:2")
+    assert max(drafter.stats.verified_per_round) == 2
