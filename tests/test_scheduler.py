@@ -106,6 +106,15 @@ def test_profile_is_measured_once_cached_and_extended(tmp_path, monkeypatch):
     assert profile_path(tiny_target(seed=1, hidden_size=64, intermediate_size=96)) != path  # another model, own file
 
 
+def test_profile_is_still_used_when_the_cache_cannot_be_written(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    monkeypatch.setenv("DSPARK_HF_CACHE", str(blocker))  # profiles/ cannot be created under a file
+    target = tiny_target(seed=1)
+    profile = load_profile(target, DSparkDrafter.from_target(target, markov_rank=8), progress=False)
+    assert len(profile.verify_s[1]) == 8 and "could not cache the cost profile" in capsys.readouterr().err
+
+
 # ----- one request --------------------------------------------------------------------------------------------------
 
 

@@ -254,10 +254,13 @@ def load_profile(
         )  # fmt: skip
     if signature is not None and signature not in profile.draft_s:
         profile.draft_s[signature] = measure_draft(target, drafter, profile.context_tokens)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(profile.to_json())
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(profile.to_json())
+        tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+    except OSError as err:  # a read-only home must not stop generation: use the measurement, say it is not kept
+        print(f"[dspark] could not cache the cost profile at {path} ({err}); set DSPARK_HF_CACHE", file=sys.stderr)
     return profile
 
 
