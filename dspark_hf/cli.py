@@ -126,6 +126,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.profile_limit is not None and args.profile_limit < 1:
+        raise ValueError(f"--profile-limit must be at least 1, got {args.profile_limit}")
     prompts = read_eval_prompts(args.data, args.limit)
     target, tokenizer = load_target(args.target, device=args.device, dtype=args.dtype)
     drafters, labels = {}, {}
@@ -165,6 +167,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     if any(b < 1 for b in args.batch_sizes):
         raise ValueError(f"--batch-sizes must be positive, got {args.batch_sizes}")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise ValueError(f"--max-tokens must be at least 1, got {args.max_tokens}")
     target, _ = load_target(args.target, device=args.device, dtype=args.dtype)
     drafter, trained = load_drafter(args.drafter, target)
     profile = load_profile(target, drafter, args.batch_sizes, args.max_tokens, refresh=not args.cached)

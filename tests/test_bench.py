@@ -78,10 +78,11 @@ def test_bench_sampling_reports_no_identity_and_leaves_out_a_missing_ablation(ca
     assert all(m["identical"] is None for m in report["methods"].values())
 
 
-def test_bench_refuses_zero_repeats(capsys):
-    args = ["bench", "--data", str(EVAL_DIR / "gsm8k.jsonl"), "--repeats", "0", "--device", "cpu"]
+@pytest.mark.parametrize("option", ["--repeats", "--profile-limit"])
+def test_bench_refuses_zero_repeats_or_profile_prompts(capsys, option):
+    args = ["bench", "--data", str(EVAL_DIR / "gsm8k.jsonl"), option, "0", "--device", "cpu"]
     assert main(args) == 1
-    assert "repeats" in capsys.readouterr().err
+    assert f"{option} must be at least 1" in capsys.readouterr().err
 
 
 def test_bench_compares_gating_policies_on_the_same_drafter(tmp_path, capsys):

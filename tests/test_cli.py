@@ -125,6 +125,12 @@ def test_profile_command_measures_caches_and_reports(tiny_dir, tmp_path, capsys,
 
     assert main([*args[:-2], "--cached"]) == 0  # --cached: nothing left to measure
     assert "measuring costs" not in capsys.readouterr().err
+    for bad, message in (
+        (["--batch-sizes", "0"], "--batch-sizes must be positive"),
+        (["--max-tokens", "0"], "--max-tokens"),
+    ):
+        assert main([*args[:-2], *bad]) == 1
+        assert message in capsys.readouterr().err
 
 
 def test_generate_gating_option(tiny_dir, capsys):
