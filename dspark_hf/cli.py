@@ -78,9 +78,19 @@ def _drafter_label(drafter, trained: bool) -> str:
     return drafter.name_or_path if trained else "untrained"
 
 
+def emit_report(report: dict[str, Any], args: argparse.Namespace, kind: str) -> int:
+    """The end of eval / bench / profile: files with --out, then the JSON line (--json) or the markdown table."""
+    from .evaluation.report import REPORTS, write_report
+
+    if args.out:
+        log("wrote " + ", ".join(map(str, write_report(report, args.out, kind))))
+    print(json.dumps(report) if args.json else REPORTS[kind][0](report))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_acceptance, read_eval_prompts, summarize_rounds, teacher_forced_acceptance
-    from .evaluation.report import environment, eval_markdown, write_report
+    from .evaluation.report import environment
 
     if args.teacher_forced and (any(t > 0 for t in args.temperature) or args.gating != "fixed"):
         raise ValueError("--teacher-forced replays greedy rounds with fixed gating: drop --temperature / --gating")
@@ -112,17 +122,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "method": "teacher_forced" if args.teacher_forced else "generate", "max_new_tokens": args.max_new_tokens,
         **environment(target.device),
     }  # fmt: skip
-    if args.out:
-        log("wrote " + ", ".join(map(str, write_report(report, args.out, "eval"))))
-    print(json.dumps(report) if args.json else eval_markdown(report))
-    return 0
+    return emit_report(report, args, "eval")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .drafters import DEFAULT_DFLASH, DEFAULT_DRAFTER
     from .evaluation import read_eval_prompts
     from .evaluation.bench import benchmark
-    from .evaluation.report import bench_markdown, environment, write_report
+    from .evaluation.report import environment
 
     if args.repeats < 1:
         raise ValueError(f"--repeats must be at least 1, got {args.repeats}")
@@ -153,16 +160,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "dtype": str(target.dtype).removeprefix("torch."),
         **environment(target.device),
     }  # fmt: skip
-    if args.out:
-        log("wrote " + ", ".join(map(str, write_report(report, args.out, "bench"))))
-    print(json.dumps(report) if args.json else bench_markdown(report))
-    return 0
+    return emit_report(report, args, "bench")
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from .evaluation.report import environment, profile_markdown, write_report
+    from .evaluation.report import environment
     from .scheduler import load_profile, profile_path
 
     if any(b < 1 for b in args.batch_sizes):
@@ -176,10 +180,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         "profile": asdict(profile), "path": str(profile_path(target)), "drafter": _drafter_label(drafter, trained),
         **environment(target.device),
     }  # fmt: skip
-    if args.out:
-        log("wrote " + ", ".join(map(str, write_report(report, args.out, "profile"))))
-    print(json.dumps(report) if args.json else profile_markdown(report))
-    return 0
+    return emit_report(report, args, "profile")
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:

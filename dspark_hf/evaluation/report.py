@@ -183,17 +183,21 @@ def _save(fig, path: Path, caption: str) -> None:
     fig.clf()
 
 
+# kind -> (markdown table, PNG plot) of a report
+REPORTS = {
+    "eval": (eval_markdown, plot_eval),
+    "bench": (bench_markdown, plot_bench),
+    "profile": (profile_markdown, plot_profile),
+}
+
+
 def write_report(report: dict[str, Any], out: str | Path, kind: str) -> list[Path]:
     """`out`.json, `out`.md and `out`.png for a `kind` ("eval", "bench" or "profile") report; returns the paths."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.parent / f"{out.name}.{suffix}" for suffix in ("json", "md", "png")]
     paths[0].write_text(json.dumps(report, indent=1) + "\n")
-    markdown, plot = {
-        "eval": (eval_markdown, plot_eval),
-        "bench": (bench_markdown, plot_bench),
-        "profile": (profile_markdown, plot_profile),
-    }[kind]
+    markdown, plot = REPORTS[kind]
     paths[1].write_text(markdown(report) + "\n")
     plot(report, paths[2])
     return paths
