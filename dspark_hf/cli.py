@@ -226,6 +226,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_draft_vocab(args: argparse.Namespace) -> int:
+    """Copy a drafter folder with a draft vocabulary in its config; weights and every other file stay as they are."""
+    import shutil
+
+    from huggingface_hub import snapshot_download
+    from transformers import AutoConfig
+
+    from .configuration_dspark import check_draft_vocab
+    from .modeling_dspark import check_target_compatible
+    from .targets import eos_ids
+    from .training.draft_vocab import count_tokens, coverage, most_frequent
+
+    source = Path(args.drafter)
+    source = source if source.is_dir() else Path(snapshot_download(args.drafter))
+    config = AutoConfig.from_pretrained(source)
+    if config.model_type != "dspark":
+        raise ValueError(f"{args.drafter} holds a {config.model_type!r} model, not a DSpark drafter")
+    target, tokenizer = load_target(args.target, device="cpu")
+    check_target_compatible(config, target)  # the tokens are counted with this target's tokenizer
+    if args.size is None:
+        ids = None
+        log("no --size: the drafter drafts from the whole vocabulary")
+    else:
+        counts = count_tokens(args.data, config.vocab_size, tokenizer, args.limit)
+        ids = most_frequent(counts, args.size, always=eos_ids(target, tokenizer))
+        log(f"draft vocabulary: {len(ids)} tokens, {coverage(counts, ids):.2%} of the {int(counts.sum())} counted")
+    config.draft_vocab = check_draft_vocab(ids, config.vocab_size)
+    output = Path(args.output)
+    if output.resolve() != source.resolve():
+        shutil.copytree(source, output, dirs_exist_ok=True)
+    config.save_pretrained(output)
+    log(f"drafter written to {output}")
+    return 0
+
+
 DRAFTER_HELP = "drafter folder or Hub id (default: the shipped SmolLM2 drafter; 'untrained' for a fresh one)"
 TARGET_HELP = "target Hub id, folder or .gguf (default: SmolLM2-135M-Instruct)"
 GATING_HELP = (
@@ -364,6 +399,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default=None)
     train.add_argument("--dtype", default=None)
     train.set_defaults(func=cmd_train)
+
+    vocab = sub.add_parser("draft-vocab", help="draft from the target's most frequent tokens only (cheaper rounds)")
+    vocab.add_argument("--drafter", required=True, help="the trained drafter (folder or Hub id)")
+    vocab.add_argument("--output", required=True, help="folder for the drafter with its draft vocabulary")
+    vocab.add_argument("--size", type=int, default=None,
+                       help="tokens to keep, most frequent first (EOS always kept); omit to draft from the whole "
+                       "vocabulary again")  # fmt: skip
+    vocab.add_argument("--data", default="sharegpt",
+                       help="where to count tokens: a `dspark prepare-data` folder or data.jsonl (the target's own "
+                       "responses) or 'sharegpt' (the dataset's assistant turns; default)")  # fmt: skip
+    vocab.add_argument("--limit", type=int, default=None, help="count over the first N conversations")
+    vocab.add_argument("--target", default=None, help=TARGET_HELP)
+    vocab.set_defaults(func=cmd_draft_vocab)
     return parser
 
 

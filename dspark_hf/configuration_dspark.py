@@ -25,6 +25,18 @@ def default_target_layer_ids(num_target_layers: int, num_features: int = 5) -> l
     return sorted({round(1 + i * (last - 1) / (count - 1)) for i in range(count)})
 
 
+def check_draft_vocab(draft_vocab, vocab_size: int) -> list[int] | None:
+    """`draft_vocab` as a list of ints, or a clear error if it is not strictly increasing ids of the vocabulary."""
+    if draft_vocab is None:
+        return None
+    ids = [int(t) for t in draft_vocab]
+    if not ids or any(b <= a for a, b in zip(ids, ids[1:], strict=False)):
+        raise ValueError("draft_vocab must be a non-empty, strictly increasing list of token ids (or None)")
+    if ids[0] < 0 or ids[-1] >= vocab_size:
+        raise ValueError(f"draft_vocab holds ids outside the vocabulary 0..{vocab_size - 1}")
+    return ids
+
+
 class DSparkConfig(PretrainedConfig):
     r"""Configuration of a [`DSparkDrafter`].
 
@@ -46,6 +58,9 @@ class DSparkConfig(PretrainedConfig):
         gating: default prefix policy: `"scheduler"` (L maximising expected tokens/s from costs measured on the
             device), `"threshold"` / `"threshold:<a>"`, or `"fixed"` / `"fixed:<L>"`.
         confidence_threshold: for `"threshold"`, keep draft k while its predicted prefix survival is at least this.
+        draft_vocab: sorted token ids the drafter drafts from (None = the whole vocabulary). Drafting then computes
+            LM-head and Markov logits for these tokens only, a large share of a round on the CPU; the target still
+            verifies over its whole vocabulary, so output stays lossless. Set by `DSparkDrafter.set_draft_vocab`.
     """
 
     model_type = "dspark"
@@ -73,6 +88,7 @@ class DSparkConfig(PretrainedConfig):
         confidence_temperatures: list[float] | None = None,
         gating: str = "scheduler",
         confidence_threshold: float = 0.1,
+        draft_vocab: list[int] | None = None,
         initializer_range: float = 0.02,
         **kwargs,
     ):
@@ -110,6 +126,7 @@ class DSparkConfig(PretrainedConfig):
         self.confidence_temperatures = confidence_temperatures
         self.gating = gating
         self.confidence_threshold = confidence_threshold
+        self.draft_vocab = check_draft_vocab(draft_vocab, vocab_size)
         self.initializer_range = initializer_range
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)

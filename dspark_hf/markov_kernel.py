@@ -7,6 +7,7 @@ For k = 0..n-1 (x_{-1} is the anchor):
           = argmax(z_k + g_k)    sampling, g_k = -log(-log(u_k)) Gumbel noise from pre-drawn uniforms u_k
     c_k   = sigmoid((w · [h_k ; W1[x_{k-1}]] + b) / τ_k),   a_k = c_0 · ... · c_k (prefix survival)
 Gumbel-max with pre-drawn uniforms samples exactly from softmax(z_k) and makes both paths draw the same token.
+With a draft vocabulary (`vocab_ids`) the logits span only those tokens; x_k is mapped back to its token id.
 
 In eager PyTorch this is ~5 small launches per position; the kernel does all n positions in one launch. Its CTAs
 split the vocabulary, and a grid-wide barrier (an atomic counter that only ever grows) hands each position's token to
@@ -49,6 +50,7 @@ def markov_draft_reference(
     uniforms: torch.Tensor | None = None,
     logits_processor=None,
     prefix_ids: torch.Tensor | None = None,
+    vocab_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """PyTorch loop. base_logits (n, V); hidden (n, d); anchor (1,); w1, w2 (V, r) or None (Markov head off);
     conf_weight (d + r,); conf_bias (1,); conf_temps (>= n,) or None. Greedy when `uniforms` is None.
@@ -56,7 +58,11 @@ def markov_draft_reference(
     Returns tokens (n,), the processed logits each token was chosen from (n, V, float32), confidences (n,) and the
     prefix survival probabilities a_k = c_0 ... c_k (n,). `logits_processor` (Transformers' list, called with the
     growing `prefix_ids`) is applied after the temperature; the kernel applies only the warpers `fused_sampling`
-    accepts."""
+    accepts.
+
+    With a draft vocabulary `vocab_ids` (V' sorted token ids), base_logits, w2 and uniforms span those V' tokens and
+    so does the returned q; w1 stays (vocab, r), since it is indexed by the previous token's id, and tokens are
+    token ids. Only vocabulary-agnostic processors (the warpers) may be given then."""
     d = hidden.shape[-1]
     # float32 views of the weights, made once per round rather than once per position
     w2_t = w2.float().T if w2 is not None else None
@@ -77,6 +83,8 @@ def markov_draft_reference(
             logits = logits_processor(prefix_ids, logits)
         scores = logits if uniforms is None else logits + gumbel(uniforms[k : k + 1])
         token = scores.argmax(dim=-1)
+        if vocab_ids is not None:
+            token = vocab_ids[token]
         conf_logit = hidden[k].float() @ conf_hidden + bias
         if w1_row is not None:
             conf_logit = conf_logit + w1_row[0] @ conf_markov
@@ -158,10 +166,11 @@ if triton is not None:
 
     @triton.jit
     def _markov_draft_kernel(
-        base_ptr, hidden_ptr, anchor_ptr, w1_ptr, w2_ptr, cw_ptr, cb_ptr, temps_ptr, uniforms_ptr,
+        base_ptr, hidden_ptr, anchor_ptr, w1_ptr, w2_ptr, cw_ptr, cb_ptr, temps_ptr, uniforms_ptr, ids_ptr,
         q_ptr, tokens_ptr, conf_ptr, prefix_ptr, part_val_ptr, part_idx_ptr, part_key_ptr, barrier_ptr, barrier_base,
         n_steps, V, R, D, temperature, top_k, top_p_floor, min_keep, vocab_per_cta,
-        SAMPLE: tl.constexpr, HAS_MARKOV: tl.constexpr, HAS_TEMPS: tl.constexpr, TOP_K: tl.constexpr,
+        SAMPLE: tl.constexpr, HAS_MARKOV: tl.constexpr, HAS_TEMPS: tl.constexpr, HAS_IDS: tl.constexpr,
+        TOP_K: tl.constexpr,
         TOP_P: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr, LOG_K: tl.constexpr,
         LOG_S: tl.constexpr, LOG_PK: tl.constexpr, VECTOR_SORT: tl.constexpr,
@@ -267,6 +276,8 @@ if triton is not None:
                 top = tl.max(vals, axis=0)
                 # lowest vocabulary index among the maxima (CTAs own ascending slices)
                 token = tl.min(tl.where(vals == top, idxs, 2147483647), axis=0).to(tl.int64)
+            if HAS_IDS:  # a draft vocabulary: the chosen slot's token id (W1 and the output are indexed by ids)
+                token = tl.load(ids_ptr + token).to(tl.int64)
             if pid == 0:
                 acc = tl.zeros([BLOCK_D], dtype=tl.float32)
                 for d0 in range(0, D, BLOCK_D):
@@ -368,6 +379,7 @@ def markov_draft_triton(
     top_p: float | None = None,
     min_keep: int = 1,
     num_ctas: int | None = None,
+    vocab_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fused kernel: `markov_draft_reference` with the processors given as settings (see `fused_sampling`).
 
@@ -409,11 +421,12 @@ def markov_draft_triton(
     _markov_draft_kernel[(ctas,)](
         base_logits.contiguous(), hidden.contiguous(), anchor, w1 if w1 is not None else dummy,
         w2 if w2 is not None else dummy, conf_weight, conf_bias, conf_temps if conf_temps is not None else dummy,
-        uniforms.contiguous() if uniforms is not None else dummy,
+        uniforms.contiguous() if uniforms is not None else dummy, vocab_ids if vocab_ids is not None else dummy,
         q, tokens, confidences, prefix, part_val, part_idx, part_key, counter, base,
         n, vocab, rank, hidden.shape[-1], float(temperature or 1.0), min(top_k or 1, vocab),
         1.0 - (top_p or 0.0), min_keep, per_cta,
-        SAMPLE=uniforms is not None, HAS_MARKOV=rank > 0, HAS_TEMPS=conf_temps is not None, TOP_K=bool(top_k),
+        SAMPLE=uniforms is not None, HAS_MARKOV=rank > 0, HAS_TEMPS=conf_temps is not None,
+        HAS_IDS=vocab_ids is not None, TOP_K=bool(top_k),
         TOP_P=top_p is not None, BLOCK_V=block_v, BLOCK_R=block_r, BLOCK_D=1024,
         BLOCK_P=block_p, BLOCK_K=block_k, BLOCK_S=block_s, LOG_K=block_k.bit_length() - 1,
         LOG_S=block_s.bit_length() - 1,
@@ -440,6 +453,11 @@ def markov_draft(
     """Dispatch: the fused kernel on CUDA (see `resolve_backend`) when it can apply `logits_processor` itself (see
     `fused_sampling`); otherwise the PyTorch loop, which calls the processors."""
     settings = fused_sampling(logits_processor)
+    if settings is None and kwargs.get("vocab_ids") is not None:
+        raise ValueError(
+            "a draft vocabulary works with greedy decoding and the temperature / top-k / top-p warpers only; other "
+            "logits processors index the whole vocabulary: draft from it (vocab_ids=None)"
+        )
     if settings is not None and resolve_backend(base_logits.device, backend) == "triton":
         drafted = markov_draft_triton(base_logits, *args, **kwargs, **settings)
         if "top_k" not in settings or not bool((drafted[0] < 0).any()):

@@ -78,6 +78,35 @@ def test_eos_inside_a_block(min_index):
     assert drafter.stats.accepted_tokens > 0
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_greedy_identical_with_a_draft_vocabulary(seed):
+    """Drafts come from the draft vocabulary only; the output is the target's, whether or not its tokens are in it."""
+    target = tiny_target(seed=seed, sharp=4.0)
+    prompt = torch.randint(0, 32, (1, 6), generator=torch.Generator().manual_seed(seed))
+    drafter = primed_drafter(target, prompt)
+    continuation = target.generate(prompt, max_new_tokens=40, do_sample=False)[0, prompt.shape[1] :].tolist()
+    used = sorted(set(continuation))
+    unused = [t for t in range(32) if t not in used]
+    assert_same_greedy(target, drafter, prompt, max_new_tokens=40, gating="fixed")
+    whole = drafter.stats
+    drafter.set_draft_vocab(used[::2] + unused[:3])  # half the tokens the target writes, and a few it never does
+    assert_same_greedy(target, drafter, prompt, max_new_tokens=40, gating="fixed")
+    assert 0 < drafter.stats.accepted_tokens < whole.accepted_tokens
+    drafter.set_draft_vocab(unused)  # none of the tokens the target writes: every draft is rejected
+    assert_same_greedy(target, drafter, prompt, max_new_tokens=40, gating="fixed")
+    assert drafter.stats.accepted_tokens == 0 and drafter.stats.verified_tokens > 0
+
+
+def test_draft_vocabulary_steps_aside_for_processors_that_index_the_whole_vocabulary():
+    target = tiny_target(seed=8, sharp=4.0)
+    prompt = torch.randint(0, 32, (1, 6), generator=torch.Generator().manual_seed(8))
+    drafter = primed_drafter(target, prompt)
+    written = set(target.generate(prompt, max_new_tokens=30, do_sample=False, repetition_penalty=1.3)[0].tolist())
+    drafter.set_draft_vocab([t for t in range(32) if t not in written])  # would reject every draft if it were used
+    assert_same_greedy(target, drafter, prompt, max_new_tokens=30, repetition_penalty=1.3, gating="fixed")
+    assert drafter.stats.accepted_tokens > 0  # drafted from the whole vocabulary
+
+
 def test_one_token_prompt_and_long_prompt():
     target = tiny_target(seed=5, sharp=4.0)
     for length in (1, 700):

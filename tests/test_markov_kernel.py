@@ -207,3 +207,61 @@ def test_a_failed_launch_leaves_the_barrier_counter_in_step():
     with pytest.raises(AttributeError):
         mk.markov_draft_triton(**broken)
     assert_same(args)  # would hang if the counter had been advanced for the refused launch
+
+
+def restrict(args: dict, vocab_ids: torch.Tensor) -> dict:
+    """The same round over a draft vocabulary: its columns of the base logits and uniforms, its rows of W2 (W1 stays
+    whole: it is indexed by the previous token's id)."""
+    out = dict(args, base_logits=args["base_logits"][:, vocab_ids], vocab_ids=vocab_ids)
+    if args["w2"] is not None:
+        out["w2"] = args["w2"][vocab_ids]
+    if args["uniforms"] is not None:
+        out["uniforms"] = args["uniforms"][:, vocab_ids]
+    return out
+
+
+def random_vocab(vocab: int, size: int, seed: int) -> torch.Tensor:
+    return torch.randperm(vocab, generator=torch.Generator().manual_seed(seed))[:size].sort().values.to(DEVICE)
+
+
+DRAFT_VOCAB_CASES = [  # (vocab, rank, steps, dtype, sample, top_k, draft vocabulary size)
+    (49152, 64, 7, torch.float32, False, None, 8192),
+    (49152, 128, 6, torch.bfloat16, True, None, 4000),
+    (32000, 0, 5, torch.float32, True, 50, 3000),
+    (49152, 64, 4, torch.float32, True, 20, 1000),
+]
+
+
+@pytest.mark.parametrize(("vocab", "rank", "steps", "dtype", "sample", "top_k", "size"), DRAFT_VOCAB_CASES)
+def test_kernel_matches_reference_over_a_draft_vocabulary(vocab, rank, steps, dtype, sample, top_k, size):
+    seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    ids = random_vocab(vocab, size, seed)
+    tokens, q = assert_same(restrict(random_round(vocab, rank, steps, dtype, sample, seed), ids), top_k=top_k)
+    assert q.shape == (steps, size)
+    assert torch.isin(tokens, ids).all(), seed  # token ids, not slots of the draft vocabulary
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_a_draft_vocabulary_rules_out_every_other_token(sample):
+    """A round over `vocab_ids` is the whole-vocabulary round with every other token's base logit at -inf: the same
+    tokens (fed back to W1 by id), confidences and logits."""
+    seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    args = random_round(4096, 16, 6, torch.float32, sample, seed)
+    ids = random_vocab(4096, 700, seed)
+    outside = torch.ones(4096, dtype=torch.bool, device=DEVICE)
+    outside[ids] = False
+    whole = dict(args, base_logits=args["base_logits"].masked_fill(outside, -float("inf")))
+    ref_tokens, ref_q, ref_conf, ref_prefix = mk.markov_draft_reference(**whole)
+    tokens, q, conf, prefix = mk.markov_draft_reference(**restrict(args, ids))
+    assert torch.equal(tokens, ref_tokens), seed
+    assert ref_q[:, outside].isinf().all()
+    torch.testing.assert_close(q, ref_q[:, ids])
+    torch.testing.assert_close(conf, ref_conf)
+    torch.testing.assert_close(prefix, ref_prefix)
+
+
+def test_a_draft_vocabulary_refuses_processors_that_index_the_whole_vocabulary():
+    args = restrict(random_round(512, 8, 3, torch.float32, False, seed=3), random_vocab(512, 100, 3))
+    penalty = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.3)])
+    with pytest.raises(ValueError, match="draft vocabulary"):
+        mk.markov_draft(**args, logits_processor=penalty, prefix_ids=args["anchor"].view(1, 1))

@@ -36,6 +36,9 @@ def test_default_layers_follow_reference_recipe():
         (dict(gating="nope"), "gating"),
         (dict(target_layer_ids=[0, 31]), "outside"),
         (dict(block_size=3, confidence_temperatures=[1.0, 1.0]), "confidence_temperatures"),
+        (dict(draft_vocab=[5, 3]), "strictly increasing"),
+        (dict(draft_vocab=[]), "strictly increasing"),
+        (dict(vocab_size=10, draft_vocab=[2, 10]), "outside the vocabulary"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):
@@ -88,6 +91,32 @@ def test_fingerprint_accepts_the_same_model_in_another_precision(tiny):
         w.add_(torch.randn_like(w) * w.std() * 0.1)
     drafter.bind(twin.to(torch.bfloat16))
     assert drafter.dtype == torch.bfloat16  # bind follows the target's dtype
+
+
+def test_draft_vocabulary_logits_saving_and_refresh(tiny, tmp_path):
+    """The draft vocabulary's rows of the LM head and W2 give the same logits as the whole ones, are re-gathered
+    after the weights change in place (a training step), and the vocabulary travels with the config."""
+    drafter = DSparkDrafter.from_target(tiny, markov_rank=8)
+    hidden = torch.randn(4, 32)
+    drafter.set_draft_vocab(torch.tensor([30, 2, 7, 2]))  # any order, duplicates dropped
+    assert drafter.config.draft_vocab == [2, 7, 30]
+    logits, w2, ids = drafter.draft_logits(hidden)
+    assert ids.tolist() == [2, 7, 30]
+    torch.testing.assert_close(logits, drafter.lm_head(hidden)[:, ids])
+    with torch.no_grad():
+        drafter.markov_out.weight.normal_()
+        tiny.lm_head.weight.mul_(2.0)
+    logits, w2, _ = drafter.draft_logits(hidden)
+    assert torch.equal(w2, drafter.markov_out.weight[ids])
+    torch.testing.assert_close(logits, drafter.lm_head(hidden)[:, ids])
+    whole, whole_w2, no_ids = drafter.draft_logits(hidden, restrict=False)
+    assert no_ids is None and whole.shape == (4, 32) and whole_w2 is drafter.markov_out.weight
+    drafter.save_pretrained(tmp_path)
+    assert AutoModel.from_pretrained(tmp_path).config.draft_vocab == [2, 7, 30]
+    drafter.set_draft_vocab(None)
+    assert drafter.draft_logits(hidden)[2] is None
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        drafter.set_draft_vocab([1, 32])
 
 
 def test_save_and_load_roundtrip_with_auto_classes(tiny, tmp_path):

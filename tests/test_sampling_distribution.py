@@ -61,8 +61,8 @@ def chi_square(counts: dict, expected_probs: dict, total: int) -> tuple[float, f
 
 @pytest.mark.parametrize(
     ("markov_rank", "warp"),
-    [(0, {}), (4, {}), (4, {"temperature": 0.8, "top_k": 4})],
-    ids=["markov-off", "markov-on", "markov-on-temperature-topk"],
+    [(0, {}), (4, {}), (4, {"temperature": 0.8, "top_k": 4}), (4, {"draft_vocab": [0, 2, 3, 5]})],
+    ids=["markov-off", "markov-on", "markov-on-temperature-topk", "draft-vocabulary"],
 )
 def test_speculative_sampling_matches_target_distribution(markov_rank, warp):
     target = tiny_target(vocab_size=VOCAB, seed=21, sharp=15.0)
@@ -73,6 +73,7 @@ def test_speculative_sampling_matches_target_distribution(markov_rank, warp):
             p.normal_(0, 0.3)
         if drafter.markov_out is not None:
             drafter.markov_out.weight.normal_(0, 1.0)
+    drafter.set_draft_vocab(warp.get("draft_vocab"))  # tokens 1 and 4 then come only from the target's resampling
 
     temperature, top_k = warp.get("temperature", 1.0), warp.get("top_k", 0)
     processors = LogitsProcessorList([TemperatureLogitsWarper(temperature)])

@@ -142,6 +142,29 @@ def test_scheduler_follows_the_cost_shape():
     assert PrefixScheduler([25.0, 25.0], draft_s=0.0)([0.9, 0.8, 0.7]) == 1  # never beyond the profile
 
 
+def test_scheduler_stops_drafting_that_does_not_pay_and_looks_again():
+    """Drafting that costs as much as a forward and gains little is slower than plain decoding: the scheduler skips
+    it for 1, 2, 4 ... (at most max_idle_rounds) rounds, drafting once in between to look again."""
+    losing = PrefixScheduler([10.0, 12.0, 14.0], draft_s=10.0, max_idle_rounds=4)
+    pattern = ""
+    for _ in range(20):
+        drafted = losing.should_draft()
+        if drafted:
+            assert losing([0.3, 0.1]) == 1  # still the best L for this round: its drafting is already paid for
+        pattern += "D" if drafted else "."
+    assert pattern == "D.D..D....D....D...."
+    losing([0.99, 0.98])  # a round that pays (2.97 tokens in 24 s beats 1 in 10 s) resets the wait
+    assert losing.should_draft()
+    losing([0.3, 0.1])
+    assert [losing.should_draft() for _ in range(3)] == [False, True, True]
+    paying = PrefixScheduler([25.0] * 8, draft_s=3.0)
+    for _ in range(10):
+        assert paying.should_draft()
+        paying([0.9, 0.7, 0.5])
+    with pytest.raises(ValueError, match="max_idle_rounds"):
+        PrefixScheduler([1.0], 0.0, max_idle_rounds=-1)
+
+
 # ----- the batched form (Algorithm 1) ---------------------------------------------------------------------------------
 
 
@@ -214,6 +237,22 @@ def test_scheduler_is_the_default_gating_and_lossless(tmp_path, monkeypatch):
         stats = drafter.stats
         assert stats.rounds > 0 and all(v <= drafter.config.block_size for v in stats.verified_per_round)
     assert len(list((tmp_path / "profiles").glob("*.json"))) == 1  # one model shape, one device: one profile
+
+
+def test_rounds_without_drafting_stay_lossless():
+    """Where drafting does not pay, generate() runs plain one-token rounds between drafting ones: the same tokens."""
+    target = tiny_target(seed=6, sharp=4.0)
+    prompt = torch.randint(0, 32, (1, 6), generator=torch.Generator().manual_seed(6))
+    drafter = DSparkDrafter.from_target(target, markov_rank=8)  # untrained: its drafts are rarely right
+    dear = PrefixScheduler([1.0] * 8, draft_s=100.0, max_idle_rounds=8)  # drafting costs 100 forwards
+    assert_same_greedy(target, drafter, prompt, max_new_tokens=40, gating=dear)
+    stats = drafter.stats
+    assert 1 + stats.rounds + stats.accepted_tokens == 40  # the prefill's token, then one per round plus accepted
+    assert 3 <= sum(v > 0 for v in stats.verified_per_round) <= 8, stats.verified_per_round  # 1, 2, 4, 8 rounds apart
+    drafter = primed_drafter(target, prompt)
+    assert_same_greedy(target, drafter, prompt, max_new_tokens=40, gating=PrefixScheduler([1.0] * 8, draft_s=0.1))
+    verified = drafter.stats.verified_per_round
+    assert all(v > 0 for v in verified[:-1]), verified  # it pays: every round drafts (the last has no room left)
 
 
 def test_make_gating_names_and_errors(tmp_path, monkeypatch):

@@ -43,6 +43,8 @@ def test_folder_is_a_complete_hub_repo():
     }
     assert len(config["confidence_temperatures"]) == config["block_size"], "calibrated"
     assert config["gating"] == "scheduler"  # the default policy: measured costs, not a fixed rule
+    vocab = config["draft_vocab"]  # the 8192 most frequent ShareGPT response tokens and EOS (`dspark draft-vocab`)
+    assert len(vocab) == 8193 and 2 in vocab and vocab == sorted(set(vocab))
     # the remote code is the package's own, byte for byte: a stale copy would run other code than the tests cover
     names = (
         "configuration_dspark.py",

@@ -91,3 +91,20 @@ def test_sampling_runs_and_is_reproducible_under_a_seed(target, cases, drafter):
     assert outs[0].tolist() == outs[1].tolist()
     assert outs[0].shape[1] > inputs["input_ids"].shape[1] and drafter.stats.rounds > 0
     assert int(outs[0].max()) < model.config.vocab_size
+
+
+def test_greedy_token_identical_with_a_draft_vocabulary(target, cases, drafter):
+    """The real target with the drafter restricted to a draft vocabulary that holds only some of the tokens the target
+    writes: drafts outside it are never proposed, the output does not change."""
+    model, tokenizer = target
+    written = sorted({t for _, _, plain in cases for t in plain[0].tolist()})
+    drafter.set_draft_vocab(written[::2] + list(range(0, model.config.vocab_size, 50)))
+    try:
+        accepted = 0
+        for i, (name, inputs, plain) in enumerate(cases[::3]):
+            spec = model.generate(**inputs, assistant_model=drafter, max_new_tokens=NEW_TOKENS, do_sample=False)
+            assert spec.tolist() == plain.tolist(), f"{name} prompt {3 * i}: {tokenizer.decode(spec[0, -20:])!r}"
+            accepted += drafter.stats.accepted_tokens
+        assert accepted > 0
+    finally:
+        drafter.set_draft_vocab(None)

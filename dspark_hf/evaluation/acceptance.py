@@ -154,7 +154,12 @@ def replay_rounds(
     length = sequence.shape[1]
     anchors = torch.arange(prompt_len, length, device=sequence.device)[None]
     blocks = block_outputs(drafter, target, sequence, anchors, target_distributions=False)
-    drafts = blocks["draft_logits"].argmax(-1)[0].tolist()  # (anchors, γ)
+    logits = blocks["draft_logits"][0]  # (anchors, γ, V)
+    if drafter.config.draft_vocab is None:
+        drafts = logits.argmax(-1).tolist()
+    else:  # greedy drafting picks among the draft vocabulary only (lowest id on ties, as over the whole one)
+        ids = torch.tensor(drafter.config.draft_vocab, device=logits.device)
+        drafts = ids[logits[..., ids].argmax(-1)].tolist()
     tokens = sequence[0].tolist()
     stats = DSparkStats(block_size=gamma)
     anchor = prompt_len  # the first round drafts after the token the prefill produced

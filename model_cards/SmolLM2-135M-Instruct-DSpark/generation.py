@@ -1,8 +1,10 @@
 """DSpark inside `model.generate()`: the candidate generator and the routing that selects it.
 
 One round, all in `DSparkCandidateGenerator.get_candidates`:
-  1. append the target's features of the newly verified tokens to the drafter's context cache;
-  2. one backbone pass over the anchor-first block → base logits and hidden states for γ positions;
+  1. append the target's features of the newly verified tokens to the drafter's context cache (and stop there, a
+     plain one-token round, while the gating policy says drafting does not pay: `should_draft`);
+  2. one backbone pass over the anchor-first block → hidden states and base logits for γ positions (over the draft
+     vocabulary when the drafter has one);
   3. `markov_draft`: the Markov bias, the logits processors, token choice and confidences, left to right (one fused
      Triton launch on CUDA for greedy, temperature, top-k and top-p; a PyTorch loop elsewhere or for other processors);
   4. cut at EOS and at the length budget, let the gating policy choose the prefix L, hand L drafts (with the exact
@@ -25,7 +27,7 @@ from transformers.generation.candidate_generator import CandidateGenerator
 from transformers.generation.logits_process import LogitsProcessorList
 
 from .gating import GatingPolicy, make_gating
-from .markov_kernel import markov_draft
+from .markov_kernel import fused_sampling, markov_draft
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig, PreTrainedModel
@@ -108,6 +110,9 @@ class DSparkCandidateGenerator(CandidateGenerator):
         self.max_length = generation_config.max_length
         self.do_sample = bool(generation_config.do_sample)
         self.logits_processor = LogitsProcessorList(logits_processor or [])  # `markov_draft` fuses what it can
+        # a draft vocabulary serves greedy and the warpers; other processors index the whole vocabulary
+        self.restrict_vocab = fused_sampling(self.logits_processor) is not None
+        self.vocab_size = drafter.config.vocab_size
         eos = getattr(generation_config, "_eos_token_tensor", None)
         self.eos_ids = set(eos.flatten().tolist()) if eos is not None else set()
         cfg = drafter.config
@@ -115,6 +120,7 @@ class DSparkCandidateGenerator(CandidateGenerator):
         if isinstance(gating, str):
             gating = make_gating(gating, cfg.confidence_threshold, target=target, drafter=drafter)
         self.gating = gating
+        self.should_draft = getattr(gating, "should_draft", None)  # a policy may skip drafting that does not pay
         temps = cfg.confidence_temperatures
         self.conf_temps = torch.tensor(temps, device=drafter.device) if temps is not None else None
         self.cache = drafter.new_context_cache()
@@ -148,27 +154,32 @@ class DSparkCandidateGenerator(CandidateGenerator):
         drafter.append_context(self.cache, drafter.fuse_context(hidden_states, new))
 
         budget = min(self.block_size, self.max_length - input_ids.shape[1] - 1)
-        if budget <= 0:  # room for the target's own last token only: a round with nothing to verify
+        if budget <= 0 or (self.should_draft is not None and not self.should_draft()):
+            # room for the target's own last token only, or drafting does not pay now: a plain one-token round
             self._pending = (0, 0)
+            self.stats.draft_time_s += perf_counter() - started
             return input_ids, None
 
         anchor = input_ids[:, -1]
         positions = torch.arange(verified_len, verified_len + self.block_size, device=input_ids.device)[None]
         context = [self.cache.get(i) for i in range(len(drafter.layers))]
         hidden = drafter(drafter.block_embeddings(anchor), positions, context)[0, :budget]
-        base_logits = drafter.lm_head(hidden).float()
+        base_logits, w2, vocab_ids = drafter.draft_logits(hidden, restrict=self.restrict_vocab)
+        base_logits = base_logits.float()
         uniforms = torch.rand(base_logits.shape, device=base_logits.device) if self.do_sample else None
         tokens, q_logits, _, prefix_probs = markov_draft(
             base_logits,
             hidden,
             anchor,
-            *drafter.markov_weights(),
+            drafter.markov_weights()[0],
+            w2,
             drafter.confidence_head.weight[0],
             drafter.confidence_head.bias,
             self.conf_temps,
             uniforms=uniforms,
             logits_processor=self.logits_processor,
             prefix_ids=input_ids,
+            vocab_ids=vocab_ids,
         )
 
         # one device->host transfer per round: token ids (exact in float64) and prefix survival a_k = Π c_i
@@ -185,7 +196,10 @@ class DSparkCandidateGenerator(CandidateGenerator):
         if length == 0:
             return input_ids, None
         candidates = torch.cat([input_ids, tokens[None, :length].to(input_ids.dtype)], dim=-1)
-        return candidates, q_logits[None, :length]
+        q_logits = q_logits[:length]
+        if vocab_ids is not None:  # Transformers verifies against q over the whole vocabulary: zero outside
+            q_logits = q_logits.new_full((length, self.vocab_size), -float("inf")).index_copy_(1, vocab_ids, q_logits)
+        return candidates, q_logits[None]
 
     def update_candidate_strategy(self, input_ids: torch.LongTensor, scores: torch.Tensor, num_matches: int) -> None:
         """Transformers calls this after each verification: record the round."""

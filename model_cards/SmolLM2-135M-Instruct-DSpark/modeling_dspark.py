@@ -19,6 +19,7 @@ Self-contained on purpose: this file travels with every checkpoint as Hub remote
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 
-from .configuration_dspark import DSparkConfig
+from .configuration_dspark import DSparkConfig, check_draft_vocab
 from .gating import GatingPolicy
 from .generation import DSparkCandidateGenerator, DSparkStats, install_generate_routing
 
@@ -237,6 +238,7 @@ class DSparkDrafter(DSparkPreTrainedModel):
         self.stats: DSparkStats | None = None  # figures of the last generate() call
         self.gating: GatingPolicy | str | None = None  # overrides config.gating when set
         self._bound: tuple[nn.Module, nn.Module, int] | None = None  # (embedding, lm head, id(target)); not stored
+        self._draft_rows: tuple[tuple, tuple] | None = None  # (weights' identity, draft-vocabulary rows); see below
         self.post_init()
 
     # ----- construction and binding -------------------------------------------------------------------------------
@@ -287,6 +289,7 @@ class DSparkDrafter(DSparkPreTrainedModel):
         if embedding.weight.device != self.device or embedding.weight.dtype != self.dtype:
             self.to(device=embedding.weight.device, dtype=embedding.weight.dtype)
         self._bound = (embedding, head, id(target))
+        self._draft_rows = None
         return self
 
     @property
@@ -355,6 +358,42 @@ class DSparkDrafter(DSparkPreTrainedModel):
         if self.markov_out is None:
             return None, None
         return self.markov_in.weight, self.markov_out.weight
+
+    # ----- the draft vocabulary ------------------------------------------------------------------------------------
+
+    def set_draft_vocab(self, token_ids: Sequence[int] | torch.Tensor | None) -> None:
+        """Draft from these tokens only (None: the whole vocabulary); saved with the config. See `draft_logits`."""
+        if isinstance(token_ids, torch.Tensor):
+            token_ids = token_ids.flatten().tolist()
+        ids = None if token_ids is None else sorted({int(t) for t in token_ids})
+        self.config.draft_vocab = check_draft_vocab(ids, self.config.vocab_size)
+        self._draft_rows = None
+
+    def draft_logits(
+        self, hidden: torch.Tensor, restrict: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Base logits of a drafted block, the W2 rows to add the Markov bias with, and the draft vocabulary's token
+        ids (None: logits and W2 span the whole vocabulary).
+
+        With a draft vocabulary (and `restrict`) only its rows of the LM head and of W2 are used: on a CPU the
+        full-vocabulary LM head over a block costs about as much as a target forward. A draft outside it is never
+        proposed, which can only cost acceptance, never correctness: the target verifies every token."""
+        if self.config.draft_vocab is None or not restrict:
+            return self.lm_head(hidden), self.markov_weights()[1], None
+        ids, weight, bias, w2 = self._draft_vocab_rows()
+        return F.linear(hidden, weight, bias), w2, ids
+
+    def _draft_vocab_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(ids, LM-head rows, LM-head bias rows, W2 rows), gathered once and reused while the weights are the same
+        tensors, unmodified (`_version` counts in-place updates such as optimizer steps)."""
+        head = self._shared()[1]
+        weights = [head.weight, getattr(head, "bias", None), self.markov_weights()[1]]
+        identity = tuple((t.data_ptr(), t._version, t.dtype) if t is not None else None for t in weights)
+        if self._draft_rows is None or self._draft_rows[0] != identity:
+            ids = torch.tensor(self.config.draft_vocab, dtype=torch.long, device=head.weight.device)
+            rows = tuple(t.detach()[ids].contiguous() if t is not None else None for t in weights)
+            self._draft_rows = (identity, (ids, *rows))
+        return self._draft_rows[1]
 
     # ----- generate() integration ----------------------------------------------------------------------------------
 

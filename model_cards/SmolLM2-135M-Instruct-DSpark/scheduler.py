@@ -119,7 +119,8 @@ def drafter_signature(drafter: DSparkDrafter) -> str:
     c = drafter.config
     dtype = str(drafter.dtype).removeprefix("torch.")
     shape = f"{c.num_hidden_layers}x{c.hidden_size}-ffn{c.intermediate_size}-markov{c.markov_rank}"
-    return f"{shape}-block{c.block_size}-{dtype}"
+    vocab = f"-vocab{len(c.draft_vocab)}" if c.draft_vocab else ""  # a draft vocabulary shrinks the LM-head work
+    return f"{shape}-block{c.block_size}{vocab}-{dtype}"
 
 
 def profile_path(target: PreTrainedModel) -> Path:
@@ -269,13 +270,23 @@ class PrefixScheduler:
     `(1 + Σ_{k≤L} a_k) / (draft_s + verify_s[L])`, where `verify_s[L]` is the cost of a forward of L + 1 tokens.
 
     Every L is tried (γ + 1 candidates), so the choice is exact whatever shape the measured costs have.
+
+    Drafting must also pay for itself: when even the best L is expected to yield fewer tokens per second than plain
+    decoding (one token per `verify_s[0]`), as with a weak drafter on a device where drafting is dear, the generator
+    asks `should_draft()` and skips drafting for the next 1, 2, 4 ... `max_idle_rounds` rounds (plain one-token steps),
+    then drafts again to look; a round that pays resets the wait.
     """
 
-    def __init__(self, verify_s: Sequence[float], draft_s: float):
+    def __init__(self, verify_s: Sequence[float], draft_s: float, max_idle_rounds: int = 32):
         if not verify_s:
             raise ValueError("verify_s needs the cost of at least a one-token forward")
+        if max_idle_rounds < 0:
+            raise ValueError(f"max_idle_rounds must be >= 0, got {max_idle_rounds}")
         self.verify_s = list(verify_s)
         self.draft_s = float(draft_s)
+        self.max_idle_rounds = max_idle_rounds
+        self._idle = 0  # rounds left to skip
+        self._wait = 1  # rounds to skip after the next round that does not pay
 
     @classmethod
     def for_models(cls, target: PreTrainedModel, drafter: DSparkDrafter) -> PrefixScheduler:
@@ -290,7 +301,18 @@ class PrefixScheduler:
             rate = gain / (self.draft_s + self.verify_s[length])
             if rate > best_rate:
                 best, best_rate = length, rate
+        if best_rate * self.verify_s[0] < 1.0:  # slower than plain decoding: wait before drafting again
+            self._idle, self._wait = min(self._wait, self.max_idle_rounds), min(2 * self._wait, self.max_idle_rounds)
+        else:
+            self._wait = 1
         return best
+
+    def should_draft(self) -> bool:
+        """Called by the generator before each round: False while drafting is expected not to pay."""
+        if self._idle > 0:
+            self._idle -= 1
+            return False
+        return True
 
     def __repr__(self) -> str:
         verify = f"{self.verify_s[0] * 1e3:.1f}-{self.verify_s[-1] * 1e3:.1f} ms"
