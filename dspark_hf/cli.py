@@ -211,7 +211,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         target, rows, args.output, markov_rank=args.markov_rank, block_size=args.block_size, loss_type=args.loss,
         num_anchors=args.num_anchors, max_length=args.max_length,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-        resume_from_checkpoint=args.resume, calibration_rows=calibration_rows,
+        resume_from_checkpoint=args.resume, calibration_rows=calibration_rows, init=args.init,
         per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, bf16=args.bf16,
         save_steps=args.save_steps, logging_steps=args.logging_steps, use_cpu=target.device.type == "cpu", **extra,
@@ -380,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", required=True, help="folder or data.jsonl from `dspark prepare-data`")
     train.add_argument("--output", required=True, help="checkpoints and the final drafter folder")
     train.add_argument("--target", default=None, help=TARGET_HELP)
+    train.add_argument("--init", default=None, help="drafter (folder or Hub id) to go on training on new data")
     train.add_argument("--markov-rank", type=int, default=128, help="0 = no Markov head (DFlash ablation)")
     train.add_argument("--loss", choices=["dspark", "ce"], default="dspark", help="ce = the DFlash ablation's loss")
     train.add_argument("--block-size", type=int, default=7)

@@ -8,12 +8,15 @@
 #   bash examples/train_smollm2_drafter.sh export   # bf16 drafter folders, ready for the Hub
 #   bash examples/train_smollm2_drafter.sh eval     # τ (greedy, γ = 7, 256 new tokens) on GSM8K, HumanEval, MT-Bench
 #
-# The shipped drafter came from: WORKERS=1 BATCH=1024 DATA_SECONDS=320 NEW_TOKENS=384 STEPS=4500 (data 9 216
-# conversations in 320 s; both trainings side by side 4 500 steps in ~530 s; bench/h200_smollm2_training_2026-11-29/).
+# The shipped drafter came from two runs. Run 3: WORKERS=1 BATCH=1024 DATA_SECONDS=320 NEW_TOKENS=384 STEPS=4500
+# (data 9 216 conversations in 320 s; both trainings side by side 4 500 steps in ~530 s;
+# bench/h200_smollm2_training_2026-11-29/). Run 4, on new prompts: DATA_SECONDS=270 STEPS=4000 LR=3e-4
+# INIT=<run 3's drafter> (7 168 conversations; 4 000 steps in ~480 s; bench/session7_2026-12-01/).
 #
-# Knobs (environment): WORK, PROMPTS ('sharegpt' or a JSONL file), WORKERS, BATCH, DATA_SECONDS, NEW_TOKENS, STEPS,
-# EVAL_LIMIT, EVAL_BATCH, EVAL_DIR, DSPARK (the command; default `dspark`). On one H200 the two trainings side by side
-# ran 0.117 s per step each (4500 steps in 529 s); a 10-minute call holds ~5000 steps.
+# Knobs (environment): WORK, PROMPTS ('sharegpt' or a JSONL file), WORKERS, BATCH, DATA_SECONDS, NEW_TOKENS, STEPS, LR,
+# INIT (a drafter folder both trainings start from, to go on training on new data: the ablation keeps its backbone
+# and drops its Markov head), EVAL_LIMIT, EVAL_BATCH, EVAL_DIR, DSPARK (the command; default `dspark`). On one H200
+# the two trainings side by side ran 0.117 s per step each (4500 steps in 529 s); a 10-minute call holds ~5000 steps.
 # One GPU is shared by time slices between processes: one generator with a large batch beats many small ones (37
 # prompts/s at batch 1024), and the eval replays greedy rounds (`dspark eval --teacher-forced`) instead of running them.
 set -euo pipefail
@@ -24,8 +27,9 @@ workers=${WORKERS:-1}
 eval_dir=${EVAL_DIR:-../shared/data/eval}
 methods=(dspark dflash)
 declare -A method_args=([dspark]="--markov-rank 128 --loss dspark" [dflash]="--markov-rank 0 --loss ce")
-train_args=(--data "$work/data.jsonl" --batch-size 16 --num-anchors 64 --max-length 768 --lr 6e-4 --bf16
+train_args=(--data "$work/data.jsonl" --batch-size 16 --num-anchors 64 --max-length 768 --lr "${LR:-6e-4}" --bf16
   --logging-steps 25 --save-steps 500)
+[[ -n ${INIT:-} ]] && train_args+=(--init "$INIT")
 mkdir -p "$work"
 
 case ${1:?stage: data, train, export or eval} in

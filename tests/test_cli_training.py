@@ -51,6 +51,17 @@ def test_prepare_data_resumes_and_train_writes_a_lossless_drafter(tmp_path, smol
     spec = target.generate(prompt, assistant_model=drafter, max_new_tokens=10, do_sample=False)
     assert spec.tolist() == plain.tolist()
 
+    # --init: the DFlash ablation goes on from that drafter's backbone; a block size it was not trained for is refused
+    again = f"train --data {data} --output {tmp_path / 'ablation'} --init {out} --steps 1 --markov-rank 0 --loss ce"
+    again = [*again.split(), "--num-anchors", "4", "--batch-size", "2", "--device", "cpu"]
+    capsys.readouterr()
+    assert main([*again, "--block-size", "7"]) == 1
+    assert "drafts blocks of 4, not 7" in capsys.readouterr().err
+    assert main([*again, "--block-size", "4"]) == 0
+    ablation = AutoModel.from_pretrained(tmp_path / "ablation")
+    assert ablation.config.markov_rank == 0 and ablation.markov_in is None
+    assert ablation.state_dict()["fc.weight"].shape == drafter.state_dict()["fc.weight"].shape
+
 
 def test_cli_training_errors(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 1

@@ -16,7 +16,7 @@ from transformers import AutoModel, TrainingArguments
 
 from dspark_hf import DSparkDrafter
 from dspark_hf.evaluation import merge_stats, replay_rounds
-from dspark_hf.training import DSparkTrainer, DSparkTrainingModel, collate_batch
+from dspark_hf.training import DSparkTrainer, DSparkTrainingModel, collate_batch, initial_drafter, train_drafter
 
 HERE = Path(__file__).resolve().parent
 
@@ -78,6 +78,39 @@ def test_resume_continues_the_schedule_and_the_weights(tmp_path):
         assert abs(lr - lrs[step]) < 1e-12, (step, lr, lrs[step])
     for (name, a), (_, b) in zip(full.drafter.state_dict().items(), resumed.drafter.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_training_goes_on_from_an_earlier_drafter(tmp_path):
+    """`init`: a drafter's weights carry over (not its calibration); another Markov rank drops that head and the
+    confidence head fed by it (a DFlash ablation from a DSpark backbone); a foreign drafter is refused."""
+    target = tiny_target(seed=7, sharp=4.0)
+    rows = distillation_rows(target)
+    trained = make_trainer(tmp_path / "first", 6, rows, save_steps=10**6)
+    trained.train()
+    trained.drafter.config.confidence_temperatures = [2.0] * 4
+    trained.save_model(str(tmp_path / "first"))
+    saved = trained.drafter.state_dict()
+    same = initial_drafter(target, tmp_path / "first", markov_rank=16, block_size=4)
+    assert same.config.confidence_temperatures is None
+    assert same.state_dict().keys() == saved.keys()
+    for name, tensor in same.state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+    ablation = initial_drafter(target, tmp_path / "first", markov_rank=0, block_size=4)
+    assert ablation.markov_in is None and ablation.confidence_head.weight.shape == (1, 32)
+    for name, tensor in ablation.state_dict().items():
+        if not name.startswith("confidence_head."):
+            assert torch.equal(tensor, saved[name]), name
+    with pytest.raises(ValueError, match="blocks of 4"):
+        initial_drafter(target, tmp_path / "first", markov_rank=16, block_size=7)
+    with pytest.raises(ValueError, match="fingerprint"):
+        initial_drafter(tiny_target(seed=8), tmp_path / "first", markov_rank=16, block_size=4)
+    go_on = train_drafter(target, rows, str(tmp_path / "ablation"), init=str(tmp_path / "first"), markov_rank=0,
+                          block_size=4, loss_type="ce", num_anchors=8, max_steps=3, learning_rate=3e-3,
+                          per_device_train_batch_size=4, use_cpu=True, disable_tqdm=True)  # fmt: skip
+    assert go_on.state.global_step == 3
+    final = AutoModel.from_pretrained(tmp_path / "ablation")
+    assert final.config.markov_rank == 0
+    assert not torch.equal(final.state_dict()["fc.weight"], saved["fc.weight"])  # trained on from the init
 
 
 def test_two_process_ddp_through_torchrun(tmp_path):

@@ -3,13 +3,14 @@
 from .data import load_rows, prepare_data, read_prompts
 from .forward import sample_anchors, training_forward
 from .losses import dspark_loss, position_weights
-from .trainer import DSparkTrainer, DSparkTrainingModel, collate_batch, train_drafter
+from .trainer import DSparkTrainer, DSparkTrainingModel, collate_batch, initial_drafter, train_drafter
 
 __all__ = [
     "DSparkTrainer",
     "DSparkTrainingModel",
     "collate_batch",
     "dspark_loss",
+    "initial_drafter",
     "load_rows",
     "position_weights",
     "prepare_data",

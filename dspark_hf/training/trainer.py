@@ -17,10 +17,10 @@ from typing import Any
 import safetensors.torch
 import torch
 from torch import nn
-from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers import AutoConfig, PreTrainedModel, Trainer, TrainingArguments
 from transformers.utils import logging
 
-from ..modeling_dspark import DSparkDrafter
+from ..modeling_dspark import DSparkDrafter, check_target_compatible
 from .forward import training_forward
 from .losses import expected_tau
 
@@ -116,6 +116,39 @@ class DSparkTrainer(Trainer):
         self.drafter.load_state_dict(safetensors.torch.load_file(path, device=str(self.drafter.device)))
 
 
+def initial_drafter(
+    target: PreTrainedModel, init: str | os.PathLike | None = None, *, markov_rank: int = 128, block_size: int = 7
+) -> DSparkDrafter:
+    """The drafter training starts from, bound to `target`: a new one, or the weights of drafter `init` (a folder or
+    Hub id, safetensors only) to go on training it on new data.
+
+    From `init` everything but its calibration carries over (layers, target layers, draft vocabulary); with another
+    `markov_rank` its Markov head is dropped or started afresh and so is the confidence head, whose input includes
+    it — that is how a DFlash ablation starts from a DSpark drafter's backbone. Raises `ValueError` for a checkpoint
+    that is not a DSpark drafter, was trained for another target or another block size.
+    """
+    if init is None:
+        return DSparkDrafter.from_target(target, markov_rank=markov_rank, block_size=block_size)
+    config = AutoConfig.from_pretrained(init)
+    if config.model_type != "dspark":
+        raise ValueError(f"--init {init} holds a {config.model_type!r} model, not a DSpark drafter")
+    check_target_compatible(config, target)
+    if config.block_size != block_size:
+        raise ValueError(f"--init {init} drafts blocks of {config.block_size}, not {block_size}: pass that size")
+    drafter, info = DSparkDrafter.from_pretrained(
+        init, markov_rank=markov_rank, confidence_temperatures=None, use_safetensors=True,
+        ignore_mismatched_sizes=True, output_loading_info=True,
+    )  # fmt: skip
+    fresh = [*info["missing_keys"], *info["unexpected_keys"], *(m[0] for m in info["mismatched_keys"])]
+    foreign = sorted(name for name in fresh if not name.startswith(("markov_", "confidence_head.")))
+    if foreign:
+        raise ValueError(f"--init {init} does not fit this drafter's layout (differs in {', '.join(foreign)})")
+    if fresh:
+        logger.warning(f"from {init}: Markov rank {config.markov_rank} -> {markov_rank}, {len(fresh)} tensors new")
+    weight = target.get_input_embeddings().weight
+    return drafter.to(device=weight.device, dtype=weight.dtype).bind(target)
+
+
 def train_drafter(
     target: PreTrainedModel,
     rows: list[dict[str, list[int]]],
@@ -129,13 +162,15 @@ def train_drafter(
     pad_token_id: int = 0,
     resume_from_checkpoint: str | bool | None = None,
     calibration_rows: list[dict[str, list[int]]] | None = None,
+    init: str | os.PathLike | None = None,
     **training_args: Any,
 ) -> DSparkTrainer:
-    """Train a new drafter for `target` on `rows` and save it to `output_dir`. `training_args` go to
+    """Train a drafter for `target` on `rows` (a new one, or drafter `init` further, see `initial_drafter`) and
+    save it to `output_dir`. `training_args` go to
     `TrainingArguments` (max_steps, learning_rate, bf16, gradient_accumulation_steps, ...). With
     `calibration_rows` (held out from `rows`), the confidence temperatures are fitted after training and saved in the
     config; the report lands in `trainer.calibration` and `calibration.json`."""
-    drafter = DSparkDrafter.from_target(target, markov_rank=markov_rank, block_size=block_size)
+    drafter = initial_drafter(target, init, markov_rank=markov_rank, block_size=block_size)
     defaults = dict(lr_scheduler_type="cosine", warmup_steps=0.03, logging_steps=10, save_steps=500, report_to=[])
     if loss_type == "ce":  # the ablation trains no confidence head: DDP must tolerate its unused parameters
         defaults["ddp_find_unused_parameters"] = True
