@@ -166,8 +166,8 @@ def train_drafter(
     **training_args: Any,
 ) -> DSparkTrainer:
     """Train a drafter for `target` on `rows` (a new one, or drafter `init` further, see `initial_drafter`) and
-    save it to `output_dir`. `training_args` go to
-    `TrainingArguments` (max_steps, learning_rate, bf16, gradient_accumulation_steps, ...). With
+    save it to `output_dir`. `training_args` go to `TrainingArguments` (max_steps, learning_rate, bf16,
+    gradient_accumulation_steps, ...). With
     `calibration_rows` (held out from `rows`), the confidence temperatures are fitted after training and saved in the
     config; the report lands in `trainer.calibration` and `calibration.json`."""
     drafter = initial_drafter(target, init, markov_rank=markov_rank, block_size=block_size)
