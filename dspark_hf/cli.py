@@ -28,6 +28,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling_kwargs(args.temperature)
     )
     dspark_kwargs = dict(assistant_model=drafter, gating=args.gating)
+    if args.prompt_lookup_tokens:
+        dspark_kwargs["prompt_lookup_num_tokens"] = args.prompt_lookup_tokens
 
     # Warm up both paths once (allocator, kernels, lazy inits) so timings compare steady states.
     warm = dict(kwargs, max_new_tokens=min(8, args.max_new_tokens))
@@ -43,6 +45,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "new_tokens": len(tokens),
         "tau": stats.tau,
         "rounds": stats.rounds,
+        "lookup_rounds": stats.lookup_rounds,
         "per_position_acceptance": stats.per_position_acceptance,
         "dspark_tok_s": len(tokens) / seconds,
         "dspark_seconds": seconds,
@@ -99,18 +102,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     drafter, trained = load_drafter(args.drafter, target)
     if not trained:
         log("drafter: untrained (DSparkDrafter.from_target) - expect tau near 1. Pass --drafter for a trained one.")
+    lookup = {"prompt_lookup_num_tokens": args.prompt_lookup_tokens} if args.prompt_lookup_tokens else {}
     results, rounds = [], []
     for path, prompts in sets.items():
         for temperature in args.temperature:
             log(f"{path}: {len(prompts)} prompts, temperature {temperature:g}")
             if args.teacher_forced:
                 result = teacher_forced_acceptance(
-                    target, tokenizer, drafter, prompts, args.max_new_tokens, args.batch_size
+                    target, tokenizer, drafter, prompts, args.max_new_tokens, args.batch_size, args.prompt_lookup_tokens
                 )
             else:
                 result = evaluate_acceptance(
                     target, tokenizer, drafter, prompts, args.max_new_tokens,
-                    dict(sampling_kwargs(temperature), gating=args.gating), seed=args.seed,
+                    dict(sampling_kwargs(temperature), gating=args.gating, **lookup), seed=args.seed,
                 )  # fmt: skip
             rounds += result.pop("stats")
             results.append(dict(result, dataset=Path(path).stem, data=str(path), temperature=temperature))
@@ -120,7 +124,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "rounds": pooled["rounds"], "prompts": sum(r["prompts"] for r in results), "results": results,
         "gating": args.gating, "drafter": _drafter_label(drafter, trained), "drafter_trained": trained,
         "method": "teacher_forced" if args.teacher_forced else "generate", "max_new_tokens": args.max_new_tokens,
-        **environment(target.device),
+        "prompt_lookup_num_tokens": args.prompt_lookup_tokens, **environment(target.device),
     }  # fmt: skip
     return emit_report(report, args, "eval")
 
@@ -293,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     gen.add_argument("--gating", type=gating_spec, default=None, help=GATING_HELP)
     gen.add_argument("--compare", action="store_true", help="also run plain generate() and report the speed-up")
+    gen.add_argument("--prompt-lookup-tokens", type=int, default=0,
+                     help="N > 0: prompt lookup beside the drafter (prompt_lookup_num_tokens=N), e.g. 10")  # fmt: skip
     gen.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)")
     gen.add_argument("--dtype", default=None, help="float32 (default), bfloat16 ...")
@@ -316,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
         "running them; the same tau, many times faster",
     )
     ev.add_argument("--batch-size", type=int, default=16, help="--teacher-forced: prompts continued at once")
+    ev.add_argument("--prompt-lookup-tokens", type=int, default=0,
+                    help="N > 0: rounds verify up to N prompt-lookup tokens where the context repeats "
+                    "(prompt_lookup_num_tokens=N beside the drafter); 0 (default): the drafter alone")  # fmt: skip
     ev.add_argument("--out", default=None, help="write OUT.json, OUT.md (table) and OUT.png (plot)")
     ev.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     ev.add_argument("--device", default=None)
@@ -332,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--drafter", default=None, help=DRAFTER_HELP)
     bench.add_argument("--dflash-drafter", default=None,
                        help="the DFlash ablation (default: the shipped one; 'untrained' leaves it out)")  # fmt: skip
-    bench.add_argument("--prompt-lookup-tokens", type=int, default=10, help="prompt_lookup_num_tokens")
+    bench.add_argument("--prompt-lookup-tokens", type=int, default=10,
+                       help="prompt_lookup_num_tokens of the prompt_lookup and dspark_lookup rows")  # fmt: skip
     bench.add_argument("--target", default=None, help=TARGET_HELP)
     bench.add_argument("--out", default=None, help="write OUT.json, OUT.md (table) and OUT.png (plot)")
     bench.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")

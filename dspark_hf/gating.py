@@ -2,8 +2,13 @@
 
 A policy is any callable `(prefix_probs) -> int` where `prefix_probs[k]` is the drafter's estimate that drafts
 0..k all survive verification (`a_k = Π c_i`). It returns L in 0..len(prefix_probs). The generator calls exactly one
-policy per round. By name: `"scheduler"` (the default: `scheduler.PrefixScheduler`, from measured device costs),
-`"threshold"` / `"threshold:0.3"`, `"fixed"` (all γ drafts) / `"fixed:4"`.
+policy per round. Contract, for sampling to stay lossless: whether L >= k may depend on `prefix_probs[:k]` only (a
+stopping rule). `prefix_probs[k]` already depends on the k-th draft, the last one L >= k verifies, so a policy that
+looks at it, or further, verifies sampled drafts against a q they were not drawn from. All three policies here
+keep to it (tests/test_scheduler.py, tests/test_sampling_distribution.py).
+
+By name: `"scheduler"` (the default: `scheduler.PrefixScheduler`, from measured device costs), `"threshold"` /
+`"threshold:0.3"`, `"fixed"` (all γ drafts) / `"fixed:4"`.
 
 Self-contained on purpose: this file travels with every checkpoint as Hub remote code.
 """

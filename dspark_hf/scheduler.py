@@ -68,6 +68,25 @@ def isotonic(values: Sequence[float]) -> list[float]:
     return [m for m, n in blocks for _ in range(int(n))]
 
 
+def convex_envelope(values: Sequence[float]) -> list[float]:
+    """The greatest convex sequence below `values` (their lower convex hull, read at each index). Measured costs are
+    noisy steps (flat on the H200, where a forward is launch-bound); under a convex cost each extra token costs no
+    less than the one before, so the scheduler may stop at the first length that does not pay (see PrefixScheduler)."""
+    hull: list[int] = []
+    for i, v in enumerate(values):
+        while len(hull) >= 2:
+            (i1, v1), (i2, v2) = (hull[-2], values[hull[-2]]), (hull[-1], values[hull[-1]])
+            if (v2 - v1) * (i - i1) < (v - v1) * (i2 - i1):  # hull[-1] lies below the chord: keep it
+                break
+            hull.pop()
+        hull.append(i)
+    out = []
+    for left, right in zip(hull, hull[1:], strict=False):
+        slope = (values[right] - values[left]) / (right - left)
+        out += [values[left] + slope * (i - left) for i in range(left, right)]
+    return [*out, float(values[hull[-1]])] if hull else []
+
+
 @dataclass
 class CostProfile:
     """Measured costs on one device for one target in one dtype.
@@ -269,7 +288,12 @@ class PrefixScheduler:
     """Gating policy: verify the prefix L that maximises expected tokens per second for one request,
     `(1 + Σ_{k≤L} a_k) / (draft_s + verify_s[L])`, where `verify_s[L]` is the cost of a forward of L + 1 tokens.
 
-    Every L is tried (γ + 1 candidates), so the choice is exact whatever shape the measured costs have.
+    L grows one position at a time while the rate still rises, and stops at the first position that does not raise
+    it (as the batched Algorithm 1 does, `schedule_batch`); on the convex envelope of the measured costs
+    (`convex_envelope`, which smooths their noise) that is the best L overall. Whether position k is verified thus
+    depends only on a_1 .. a_k, that is on the drafts before k, never on draft k or later ones: when sampling, a
+    choice that looked further ahead would make verifying k depend on the token drafted at k, which biases
+    speculative sampling away from the target's distribution (tests/test_sampling_distribution.py measures that).
 
     Drafting must also pay for itself: when even the best L is expected to yield fewer tokens per second than plain
     decoding (one token per `verify_s[0]`), as with a weak drafter on a device where drafting is dear, the generator
@@ -282,7 +306,7 @@ class PrefixScheduler:
             raise ValueError("verify_s needs the cost of at least a one-token forward")
         if max_idle_rounds < 0:
             raise ValueError(f"max_idle_rounds must be >= 0, got {max_idle_rounds}")
-        self.verify_s = list(verify_s)
+        self.verify_s = convex_envelope(verify_s)
         self.draft_s = float(draft_s)
         self.max_idle_rounds = max_idle_rounds
         self._idle = 0  # rounds left to skip
@@ -299,8 +323,9 @@ class PrefixScheduler:
         for length, a in enumerate(prefix_probs[: len(self.verify_s) - 1], start=1):
             gain += a
             rate = gain / (self.draft_s + self.verify_s[length])
-            if rate > best_rate:
-                best, best_rate = length, rate
+            if rate <= best_rate:  # stop here, whatever later positions might bring (see the class docstring)
+                break
+            best, best_rate = length, rate
         if best_rate * self.verify_s[0] < 1.0:  # slower than plain decoding: wait before drafting again
             self._idle, self._wait = min(self._wait, self.max_idle_rounds), min(2 * self._wait, self.max_idle_rounds)
         else:

@@ -139,7 +139,11 @@ def test_generate_gating_option(tiny_dir, capsys):
     assert main([*args, "--gating", "fixed:2"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["gating"] == "fixed:2"
     assert main(args) == 0  # default: the drafter's own (a fresh config's: the scheduler)
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["gating"] == "scheduler"
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["gating"] == "scheduler" and out["lookup_rounds"] == 0
+    assert main([*args, "--prompt-lookup-tokens", "6"]) == 0  # greedy: the same text, lookup or not
+    with_lookup = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert with_lookup["text"] == out["text"] and 0 <= with_lookup["lookup_rounds"] <= with_lookup["rounds"]
     with pytest.raises(SystemExit) as exit_:
         main([*args, "--gating", "fixed:x"])
     assert exit_.value.code == 2 and "Unknown gating" in capsys.readouterr().err

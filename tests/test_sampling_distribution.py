@@ -17,7 +17,7 @@ import torch
 from conftest import tiny_target
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper
 
-from dspark_hf import DSparkDrafter
+from dspark_hf import DSparkDrafter, PrefixScheduler
 
 pytestmark = pytest.mark.compat
 
@@ -61,18 +61,30 @@ def chi_square(counts: dict, expected_probs: dict, total: int) -> tuple[float, f
 
 @pytest.mark.parametrize(
     ("markov_rank", "warp"),
-    [(0, {}), (4, {}), (4, {"temperature": 0.8, "top_k": 4}), (4, {"draft_vocab": [0, 2, 3, 5]})],
-    ids=["markov-off", "markov-on", "markov-on-temperature-topk", "draft-vocabulary"],
+    [
+        (0, {}),
+        (4, {}),
+        (4, {"temperature": 0.8, "top_k": 4}),
+        (4, {"draft_vocab": [0, 2, 3, 5]}),
+        (4, {"prompt_lookup_num_tokens": 3}),
+        # the scheduler with costs under which the best L often hangs on later confidences (so on sampled tokens):
+        # it must decide L one position at a time, from what precedes each position only
+        (4, {"gating": PrefixScheduler([1.0, 1.3, 1.4, 1.5], 0.0), "seed": 7, "confidence_std": 1.0}),
+    ],
+    ids=["markov-off", "markov-on", "markov-on-temperature-topk", "draft-vocabulary", "prompt-lookup", "scheduler"],
 )
 def test_speculative_sampling_matches_target_distribution(markov_rank, warp):
     target = tiny_target(vocab_size=VOCAB, seed=21, sharp=15.0)
     drafter = DSparkDrafter.from_target(target, block_size=3, markov_rank=markov_rank)
-    torch.manual_seed(5)
+    torch.manual_seed(warp.get("seed", 5))
     with torch.no_grad():  # a drafter that disagrees with the target, so rejections and resampling happen
         for p in drafter.parameters():
             p.normal_(0, 0.3)
         if drafter.markov_out is not None:
             drafter.markov_out.weight.normal_(0, 1.0)
+        if "confidence_std" in warp:  # confidences that vary with the drafted tokens
+            drafter.markov_in.weight.normal_(0, 3.0)
+            drafter.confidence_head.weight.normal_(0, warp["confidence_std"])
     drafter.set_draft_vocab(warp.get("draft_vocab"))  # tokens 1 and 4 then come only from the target's resampling
 
     temperature, top_k = warp.get("temperature", 1.0), warp.get("top_k", 0)
@@ -84,7 +96,9 @@ def test_speculative_sampling_matches_target_distribution(markov_rank, warp):
     torch.manual_seed(1234)
     prompt = torch.tensor([PROMPT])
     counts: dict[tuple[int, ...], int] = {}
-    accepted = rejected = 0
+    accepted = rejected = looked_up = 0
+    first_lengths = []
+    lookup = {key: warp[key] for key in ("prompt_lookup_num_tokens",) if key in warp}
     for _ in range(SAMPLES):
         out = target.generate(
             prompt,
@@ -94,15 +108,24 @@ def test_speculative_sampling_matches_target_distribution(markov_rank, warp):
             temperature=temperature,
             top_k=top_k or None,
             top_p=None,
-            gating="fixed",
+            gating=warp.get("gating", "fixed"),
+            **lookup,
         )
         key = tuple(out[0, len(PROMPT) : len(PROMPT) + 3].tolist())
         counts[key] = counts.get(key, 0) + 1
         first_round = drafter.stats.accepted_per_round[0]
         accepted += first_round
         rejected += first_round < drafter.stats.verified_per_round[0]
+        first_lengths.append(drafter.stats.verified_per_round[0])
+        looked_up += drafter.stats.lookup_rounds
 
-    assert accepted > SAMPLES * 0.3 and rejected > SAMPLES * 0.3, "both accept and reject paths must be exercised"
+    if lookup:  # rounds that verify looked-up tokens (no q: exact matching against the target's sample) must run
+        assert looked_up > SAMPLES * 0.08, looked_up
+
+    if "gating" in warp:  # the scheduler verified every length from 0 to 3 in the first round, often shorter ones
+        assert set(first_lengths) == {0, 1, 2, 3} and accepted > SAMPLES * 0.05 and rejected > SAMPLES * 0.3
+    else:
+        assert accepted > SAMPLES * 0.3 and rejected > SAMPLES * 0.3, "both accept and reject paths must be exercised"
     stat, critical = chi_square(counts, expected, SAMPLES)
     assert stat < critical, f"chi-square {stat:.1f} >= critical {critical:.1f}: not the target's distribution"
 

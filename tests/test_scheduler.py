@@ -23,7 +23,7 @@ from dspark_hf import (
     make_gating,
     schedule_batch,
 )
-from dspark_hf.scheduler import drafter_signature, isotonic, profile_path
+from dspark_hf.scheduler import convex_envelope, drafter_signature, isotonic, profile_path
 
 pytestmark = pytest.mark.compat
 
@@ -119,17 +119,42 @@ def test_profile_is_still_used_when_the_cache_cannot_be_written(tmp_path, monkey
 
 
 def test_scheduler_picks_the_length_with_the_best_expected_rate():
+    """Where each extra token costs no less than the one before, the length with the best rate; with any measured
+    costs, the best under their convex envelope (stopping at the first length that does not pay is then exact)."""
     rng = random.Random(1)
-    for _ in range(200):
-        gamma = rng.randint(1, 9)
-        probs, costs, draft = (
-            random_prefix_probs(rng, gamma),
-            random_costs(rng, gamma + 1, convex=False),
-            rng.uniform(0, 20),
-        )
+    for case in range(400):
+        gamma, convex = rng.randint(1, 9), case % 2 == 0
+        probs, costs, draft = random_prefix_probs(rng, gamma), random_costs(rng, gamma + 1, convex), rng.uniform(0, 20)
         chosen = PrefixScheduler(costs, draft)(probs)
-        rates = [(1 + sum(probs[:n])) / (draft + costs[n]) for n in range(gamma + 1)]
+        envelope = convex_envelope(costs)
+        assert all(e <= c + 1e-9 for e, c in zip(envelope, costs, strict=True))
+        assert envelope == pytest.approx(costs) if convex else True
+        rates = [(1 + sum(probs[:n])) / (draft + envelope[n]) for n in range(gamma + 1)]
         assert rates[chosen] == pytest.approx(max(rates))
+
+
+def test_convex_envelope_smooths_noisy_steps():
+    noisy_flat = [20.0, 20.3, 20.1, 20.6, 20.2, 20.2, 20.4, 20.5]  # an H200 profile: launch-bound, noise only
+    envelope = convex_envelope(noisy_flat)
+    steps = [b - a for a, b in itertools.pairwise(envelope)]
+    assert envelope[0] == 20.0 and envelope[-1] == 20.5 and min(steps) >= 0
+    assert all(b >= a - 1e-12 for a, b in itertools.pairwise(steps))  # convex: steps never shrink
+    assert PrefixScheduler(noisy_flat, 3.0)([0.5, 0.3, 0.2, 0.1, 0.06, 0.04, 0.02]) == 7  # every draft, as when flat
+    assert convex_envelope([1.0, 2.0, 3.0, 10.0, 11.0, 12.0]) == [1.0, 2.0, 3.0, 6.0, 9.0, 12.0]
+
+
+def test_scheduler_decides_each_position_from_the_drafts_before_it():
+    """Whether position k is verified must not depend on a_{k+1} ... (they hang on the token drafted at k): otherwise
+    sampled drafts would be verified against a q they were not drawn from."""
+    rng = random.Random(2)
+    for _ in range(300):
+        gamma = rng.randint(2, 9)
+        probs, costs, draft = random_prefix_probs(rng, gamma), random_costs(rng, gamma + 1, False), rng.uniform(0, 20)
+        k = rng.randint(1, gamma - 1)
+        later = sorted((rng.uniform(0, probs[k - 1]) for _ in range(gamma - k)), reverse=True)
+        chosen = PrefixScheduler(costs, draft)(probs)
+        other = PrefixScheduler(costs, draft)(probs[:k] + later)
+        assert (chosen >= k) == (other >= k)
 
 
 def test_scheduler_follows_the_cost_shape():
@@ -269,7 +294,7 @@ def test_make_gating_names_and_errors(tmp_path, monkeypatch):
     drafter = DSparkDrafter.from_target(target, markov_rank=8)
     scheduler = make_gating("scheduler", target=target, drafter=drafter)
     profile = load_profile(target, drafter, progress=False)
-    assert isinstance(scheduler, PrefixScheduler) and scheduler.verify_s == profile.verify_s[1]
+    assert isinstance(scheduler, PrefixScheduler) and scheduler.verify_s == convex_envelope(profile.verify_s[1])
     for bad in ("sheduler", "fixed:-1", "fixed:2.5", "threshold:x", "scheduler:3"):
         with pytest.raises(ValueError, match="Unknown gating"):
             make_gating(bad)

@@ -97,16 +97,23 @@ def test_default_drafter_on_the_default_target_is_the_shipped_one(smollm2):
     target, tokenizer = smollm2
     drafter, trained = load_drafter(None, target)
     assert trained and drafter.name_or_path in (DEFAULT_DRAFTER, str(FOLDER))
-    rounds = accepted = 0
+    rounds = dict.fromkeys(("drafter", "with lookup"), 0)
+    accepted, lookup_rounds = dict.fromkeys(rounds, 0), 0
     for text in eval_prompts("gsm8k", 3) + eval_prompts("humaneval", 3):
         inputs = encode_prompt(tokenizer, text, target.device)
         plain = target.generate(**inputs, max_new_tokens=64, do_sample=False)
-        spec = target.generate(**inputs, assistant_model=drafter, max_new_tokens=64, do_sample=False, gating="fixed")
-        assert spec.tolist() == plain.tolist()
-        rounds += drafter.stats.rounds
-        accepted += drafter.stats.accepted_tokens
-    # trained, not primed: its own drafts are accepted (an untrained drafter stays at tau ~= 1.0)
-    assert (accepted + rounds) / rounds > 1.5
+        for method, lookup in (("drafter", {}), ("with lookup", {"prompt_lookup_num_tokens": 10})):
+            spec = target.generate(
+                **inputs, assistant_model=drafter, max_new_tokens=64, do_sample=False, gating="fixed", **lookup
+            )
+            assert spec.tolist() == plain.tolist(), method
+            rounds[method] += drafter.stats.rounds
+            accepted[method] += drafter.stats.accepted_tokens
+        lookup_rounds += drafter.stats.lookup_rounds
+    tau = {method: (accepted[method] + rounds[method]) / rounds[method] for method in rounds}
+    # trained, not primed: its own drafts are accepted (an untrained drafter stays at tau ~= 1.0); prompt lookup
+    # beside it takes over some rounds and brings more tokens per round
+    assert tau["drafter"] > 1.5 and tau["with lookup"] > tau["drafter"] and lookup_rounds > 10, (tau, lookup_rounds)
 
 
 def test_default_drafter_for_another_target_is_an_untrained_one(capfd):

@@ -108,3 +108,18 @@ def test_greedy_token_identical_with_a_draft_vocabulary(target, cases, drafter):
         assert accepted > 0
     finally:
         drafter.set_draft_vocab(None)
+
+
+def test_greedy_token_identical_with_prompt_lookup(target, cases, drafter):
+    """`prompt_lookup_num_tokens` beside the drafter: rounds that verify looked-up tokens, output unchanged."""
+    model, tokenizer = target
+    lookup_rounds = 0
+    for i, (name, inputs, plain) in enumerate(cases[::2]):
+        gating = ("fixed", "scheduler")[i % 2]
+        spec = model.generate(
+            **inputs, assistant_model=drafter, max_new_tokens=NEW_TOKENS, do_sample=False, gating=gating,
+            prompt_lookup_num_tokens=10,
+        )  # fmt: skip
+        assert spec.tolist() == plain.tolist(), f"{name} prompt {2 * i} ({gating}): {tokenizer.decode(spec[0, -20:])!r}"
+        lookup_rounds += drafter.stats.lookup_rounds
+    assert lookup_rounds >= 10

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..generation import DSparkStats
+from ..generation import DSparkStats, cut_at_eos, lookup_continuation
 from ..targets import encode_prompt, eos_ids, generate_continuations
 
 
@@ -40,6 +40,7 @@ def merge_stats(stats: list[DSparkStats]) -> DSparkStats:
     merged = DSparkStats(block_size=stats[0].block_size)
     for s in stats:
         merged.rounds += s.rounds
+        merged.lookup_rounds += s.lookup_rounds
         merged.drafted_tokens += s.drafted_tokens
         merged.verified_tokens += s.verified_tokens
         merged.accepted_tokens += s.accepted_tokens
@@ -112,11 +113,18 @@ def _report(per_prompt: list[DSparkStats], new_tokens: int) -> dict[str, Any]:
 
 @torch.no_grad()
 def teacher_forced_acceptance(
-    target, tokenizer, drafter, prompts: list[str], max_new_tokens: int = 256, batch_size: int = 16
+    target,
+    tokenizer,
+    drafter,
+    prompts: list[str],
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    prompt_lookup_tokens: int = 0,
 ) -> dict[str, Any]:
-    """Greedy τ of `evaluate_acceptance` (fixed gating, L = γ) without running the round loop: the target's greedy
-    continuations come from one batched `generate()` per `batch_size` prompts (left-padded; `batch_size=1` gives
-    exactly the continuations of unbatched decoding), then `replay_rounds` walks each one."""
+    """Greedy τ of `evaluate_acceptance` (fixed gating, L = γ; with `prompt_lookup_num_tokens=prompt_lookup_tokens`
+    when that is > 0) without running the round loop: the target's greedy continuations come from one batched
+    `generate()` per `batch_size` prompts (left-padded; `batch_size=1` gives exactly the continuations of unbatched
+    decoding), then `replay_rounds` walks each one."""
     eos = eos_ids(target, tokenizer)
     per_prompt, new_tokens = [], 0
     bar = tqdm(total=len(prompts), desc="replaying rounds", unit="prompt")
@@ -130,7 +138,9 @@ def teacher_forced_acceptance(
         for prompt, continuation in zip(encoded, continuations, strict=True):
             new_tokens += len(continuation)
             sequence = torch.tensor(prompt + continuation)
-            per_prompt.append(replay_rounds(target, drafter, sequence, len(prompt), max_new_tokens, eos))
+            per_prompt.append(
+                replay_rounds(target, drafter, sequence, len(prompt), max_new_tokens, eos, prompt_lookup_tokens)
+            )
             bar.update(1)
     bar.close()
     return _report(per_prompt, new_tokens)
@@ -138,7 +148,14 @@ def teacher_forced_acceptance(
 
 @torch.no_grad()
 def replay_rounds(
-    target, drafter, sequence: torch.Tensor, prompt_len: int, max_new_tokens: int, eos: set[int]
+    target,
+    drafter,
+    sequence: torch.Tensor,
+    prompt_len: int,
+    max_new_tokens: int,
+    eos: set[int],
+    prompt_lookup_tokens: int = 0,
+    max_matching_ngram_size: int = 3,
 ) -> DSparkStats:
     """The rounds greedy `generate(..., assistant_model=drafter)` with fixed gating takes to produce `sequence`
     (1-D: prompt + the target's greedy continuation), without running them one by one.
@@ -161,12 +178,16 @@ def replay_rounds(
         ids = torch.tensor(drafter.config.draft_vocab, device=logits.device)
         drafts = ids[logits[..., ids].argmax(-1)].tolist()
     tokens = sequence[0].tolist()
-    stats = DSparkStats(block_size=gamma)
+    stats = DSparkStats(block_size=max(gamma, prompt_lookup_tokens))
     anchor = prompt_len  # the first round drafts after the token the prefill produced
     while anchor < length - 1:  # generation ends at max_new_tokens or once EOS is in
-        budget = min(gamma, prompt_len + max_new_tokens - anchor - 2)
-        drafted = drafts[anchor - prompt_len][: max(budget, 0)]
-        drafted = drafted[: next((k + 1 for k, t in enumerate(drafted) if t in eos), None)]
+        room = prompt_len + max_new_tokens - anchor - 2
+        drafted = drafts[anchor - prompt_len][: max(min(gamma, room), 0)]
+        looked_up = []
+        if prompt_lookup_tokens and drafted:
+            found = lookup_continuation(tokens[: anchor + 1], max_matching_ngram_size, drafted[0])
+            looked_up = cut_at_eos(found[: min(prompt_lookup_tokens, room)], eos)
+        drafted = looked_up or cut_at_eos(drafted, eos)
         accepted = 0
         while (
             accepted < len(drafted)
@@ -175,6 +196,7 @@ def replay_rounds(
         ):
             accepted += 1
         stats.rounds += 1
+        stats.lookup_rounds += bool(looked_up)
         stats.drafted_tokens += len(drafted)
         stats.verified_tokens += len(drafted)
         stats.accepted_tokens += accepted

@@ -1,6 +1,7 @@
 """Speed against peers in one process, on the same prompts: plain `generate()`, Transformers' prompt lookup, the
-DFlash ablation (no Markov head, CE-trained, same generator) and DSpark — under its default gating and, for the
-gating comparison, under any other gating policies (`dspark_<gating>` rows).
+DFlash ablation (no Markov head, CE-trained, same generator) and DSpark — under its default gating, with prompt lookup
+beside it (`dspark_lookup`: `prompt_lookup_num_tokens` and the drafter in one call) and, for the gating comparison,
+under any other gating policies (`dspark_<gating>` rows).
 
 Each method is warmed up first; then every prompt runs through every method (the order rotates per repeat, so no
 method always follows the same one), the whole pass is repeated, and a method's figures are medians over passes.
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..targets import encode_prompt, sampling_kwargs, synchronize, timed_generate
 
-METHODS = ("plain", "prompt_lookup", "dflash_ablation", "dspark")
+METHODS = ("plain", "prompt_lookup", "dflash_ablation", "dspark", "dspark_lookup")
 
 
 @dataclass
@@ -51,6 +52,7 @@ def method_kwargs(
         drafter = drafters["dspark"]
         default = drafter.gating or drafter.config.gating
         methods["dspark"] = {"assistant_model": drafter, "gating": default}
+        methods["dspark_lookup"] = dict(methods["dspark"], prompt_lookup_num_tokens=prompt_lookup_tokens)
         for gating in gatings:
             if gating != default:  # the default's figures are the `dspark` row
                 methods[f"dspark_{gating}"] = {"assistant_model": drafter, "gating": gating}

@@ -9,6 +9,9 @@ One round, all in `DSparkCandidateGenerator.get_candidates`:
      Triton launch on CUDA for greedy, temperature, top-k and top-p; a PyTorch loop elsewhere or for other processors);
   4. cut at EOS and at the length budget, let the gating policy choose the prefix L, hand L drafts (with the exact
      logits they were sampled from) to Transformers, whose loop verifies them with one target forward.
+With `prompt_lookup_num_tokens=N` as well (Transformers' own prompt-lookup knob), a round whose recent tokens occurred
+earlier in the sequence verifies up to N tokens of what followed there instead (`lookup_continuation`, guided by the
+drafter's first token); the target verifies those deterministic drafts by exact matching, so this is lossless too.
 
 Self-contained on purpose: this file travels with every checkpoint as Hub remote code.
 """
@@ -53,12 +56,47 @@ def position_acceptance(
     return rates
 
 
+def lookup_continuation(ids: Sequence[int], max_ngram: int = 3, first_token: int | None = None) -> list[int]:
+    """Prompt lookup guided by the drafter: what followed an earlier occurrence of the sequence's last tokens.
+
+    Candidates are the earlier positions whose last 1..`max_ngram` tokens equal the sequence's last ones. One whose
+    continuation starts with `first_token` (the drafter's first draft) wins, longest match first, then the latest;
+    failing that, the longest match of at least two tokens, then the latest; else [] (draft with the drafter). On the
+    shipped SmolLM2 drafter this mix beat both the drafter and Transformers' unguided first-match lookup on all three
+    eval sets (bench/README.md, session 8). The continuation runs to the end of the sequence: the caller cuts it."""
+    n = len(ids)
+    if n < 2:
+        return []
+    last = ids[-1]
+    guided = unguided = (0, -1)  # (match length, end of the match)
+    for end in range(n - 2, -1, -1):  # latest first; the continuation starts at end + 1
+        if ids[end] != last:
+            continue
+        size = 1
+        while size < max_ngram and end - size >= 0 and ids[end - size] == ids[n - 1 - size]:
+            size += 1
+        if first_token is not None and ids[end + 1] == first_token:
+            if size > guided[0]:
+                guided = (size, end)
+        elif size > unguided[0]:
+            unguided = (size, end)
+    if guided[0]:
+        return list(ids[guided[1] + 1 :])
+    return list(ids[unguided[1] + 1 :]) if unguided[0] >= 2 else []
+
+
+def cut_at_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
+    """Nothing after EOS can be kept, so never verify it."""
+    return tokens[: next((k + 1 for k, t in enumerate(tokens) if t in eos_ids), len(tokens))]
+
+
 @dataclass
 class DSparkStats:
     """Figures of one `generate()` call. τ counts the bonus token: a round that accepts n drafts yields n + 1."""
 
     block_size: int
     rounds: int = 0
+    lookup_rounds: int = 0  # rounds that verified a prompt-lookup continuation instead of the drafter's block
     drafted_tokens: int = 0
     verified_tokens: int = 0
     accepted_tokens: int = 0
@@ -78,6 +116,7 @@ class DSparkStats:
     def as_dict(self) -> dict[str, Any]:
         return {
             "rounds": self.rounds,
+            "lookup_rounds": self.lookup_rounds,
             "drafted_tokens": self.drafted_tokens,
             "verified_tokens": self.verified_tokens,
             "accepted_tokens": self.accepted_tokens,
@@ -123,11 +162,14 @@ class DSparkCandidateGenerator(CandidateGenerator):
         self.should_draft = getattr(gating, "should_draft", None)  # a policy may skip drafting that does not pay
         temps = cfg.confidence_temperatures
         self.conf_temps = torch.tensor(temps, device=drafter.device) if temps is not None else None
+        # Transformers' prompt-lookup knobs turn on lookup rounds (HF's default n-gram is 2; 3 measured better here)
+        self.lookup_tokens = generation_config.prompt_lookup_num_tokens or 0
+        self.lookup_ngram = generation_config.max_matching_ngram_size or 3
         self.cache = drafter.new_context_cache()
-        self.stats = DSparkStats(block_size=self.block_size)
+        self.stats = DSparkStats(block_size=max(self.block_size, self.lookup_tokens))
         drafter.stats = self.stats
         self._started = perf_counter()
-        self._pending: tuple[int, int] | None = None
+        self._pending: tuple[int, int, bool] | None = None  # (drafted, verified, lookup round) until verified
 
     @torch.no_grad()
     def get_candidates(
@@ -153,11 +195,15 @@ class DSparkCandidateGenerator(CandidateGenerator):
             )
         drafter.append_context(self.cache, drafter.fuse_context(hidden_states, new))
 
-        budget = min(self.block_size, self.max_length - input_ids.shape[1] - 1)
+        room = self.max_length - input_ids.shape[1] - 1  # the target adds one token of its own
+        budget = min(self.block_size, room)
         if budget <= 0 or (self.should_draft is not None and not self.should_draft()):
-            # room for the target's own last token only, or drafting does not pay now: a plain one-token round
-            self._pending = (0, 0)
+            # room for the target's own last token only, or drafting does not pay now: look up, else a plain round
+            found = self._looked_up(input_ids, room, None)
             self.stats.draft_time_s += perf_counter() - started
+            if found:
+                return self._verify_lookup(input_ids, found)
+            self._pending = (0, 0, False)
             return input_ids, None
 
         anchor = input_ids[:, -1]
@@ -182,17 +228,20 @@ class DSparkCandidateGenerator(CandidateGenerator):
             vocab_ids=vocab_ids,
         )
 
-        # one device->host transfer per round: token ids (exact in float64) and prefix survival a_k = Π c_i
-        token_list, prefix_probs = torch.stack([tokens.double(), prefix_probs.double()]).tolist()
-        drafted = len(token_list)
-        for k, token in enumerate(token_list):
-            if int(token) in self.eos_ids:  # nothing after EOS can be kept, so never verify it
-                drafted = k + 1
-                break
-        length = max(0, min(int(self.gating(prefix_probs[:drafted])), drafted))
-
+        # lookup is steered by the drafter's most likely first token, never by its sample: a choice between drafter
+        # and lookup that looked at the sampled tokens would bias the q they are verified against
+        guide = q_logits[:1].argmax(-1)
+        guide = vocab_ids[guide] if vocab_ids is not None else guide
+        # one device->host transfer per round: token ids (exact in float64), prefix survival a_k = Π c_i, the guide
+        host = torch.cat([tokens.double(), prefix_probs.double(), guide.double()]).tolist()
+        token_list, prefix_probs = host[:budget], host[budget : 2 * budget]
+        found = self._looked_up(input_ids, room, int(host[-1]))
         self.stats.draft_time_s += perf_counter() - started
-        self._pending = (drafted, length)
+        if found:
+            return self._verify_lookup(input_ids, found)
+        drafted = len(cut_at_eos([int(t) for t in token_list], self.eos_ids))
+        length = max(0, min(int(self.gating(prefix_probs[:drafted])), drafted))
+        self._pending = (drafted, length, False)
         if length == 0:
             return input_ids, None
         candidates = torch.cat([input_ids, tokens[None, :length].to(input_ids.dtype)], dim=-1)
@@ -201,15 +250,29 @@ class DSparkCandidateGenerator(CandidateGenerator):
             q_logits = q_logits.new_full((length, self.vocab_size), -float("inf")).index_copy_(1, vocab_ids, q_logits)
         return candidates, q_logits[None]
 
+    def _looked_up(self, input_ids: torch.LongTensor, room: int, first_token: int | None) -> list[int]:
+        """The prompt-lookup continuation to verify this round, cut to the budget and at EOS ([]: none)."""
+        if not self.lookup_tokens or room <= 0:
+            return []
+        found = lookup_continuation(input_ids[0].tolist(), self.lookup_ngram, first_token)
+        return cut_at_eos(found[: min(self.lookup_tokens, room)], self.eos_ids)
+
+    def _verify_lookup(self, input_ids: torch.LongTensor, found: list[int]) -> tuple[torch.LongTensor, None]:
+        """No logits go with looked-up drafts: they are deterministic, so Transformers verifies them by matching them
+        against the target's own choice (its argmax, or its sample when sampling), which keeps sampling exact too."""
+        self._pending = (len(found), len(found), True)
+        return torch.cat([input_ids, input_ids.new_tensor(found)[None]], dim=-1), None
+
     def update_candidate_strategy(self, input_ids: torch.LongTensor, scores: torch.Tensor, num_matches: int) -> None:
         """Transformers calls this after each verification: record the round."""
         if self._pending is None:
             return
-        drafted, verified = self._pending
+        drafted, verified, looked_up = self._pending
         self._pending = None
         accepted = min(int(num_matches), verified)
         stats = self.stats
         stats.rounds += 1
+        stats.lookup_rounds += looked_up
         stats.drafted_tokens += drafted
         stats.verified_tokens += verified
         stats.accepted_tokens += accepted
