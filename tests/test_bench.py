@@ -42,7 +42,7 @@ def test_bench_json_markdown_and_plot(tmp_path, capsys, markov_off):
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     methods = report["methods"]
-    assert list(methods) == ["plain", "prompt_lookup", "dflash_ablation", "dspark"]
+    assert list(methods) == ["plain", "prompt_lookup", "dflash_ablation", "dspark", "dspark_lookup"]
     assert methods["plain"]["speedup"] == 1.0 and methods["plain"]["tau"] == 1.0
     for name, m in methods.items():
         assert m["identical"] is True, name  # greedy: every method gives plain's tokens
@@ -53,6 +53,7 @@ def test_bench_json_markdown_and_plot(tmp_path, capsys, markov_off):
         assert p["total_s"] == pytest.approx(p["target_forward_s"] + p["draft_s"] + p["other_s"])
     # the trained drafter is accepted: fewer target forwards per token than plain decoding
     assert methods["dspark"]["tau"] > 1.2 and methods["dflash_ablation"]["tau"] >= 1.0
+    assert methods["dspark_lookup"]["tau"] > 1.2 and report["prompt_lookup_num_tokens"] == 10
     assert methods["dspark"]["profile"]["draft_s"] > 0 and methods["plain"]["profile"]["draft_s"] == 0
     assert report["drafters"] == {
         "dspark": str(MODEL_CARDS / "SmolLM2-135M-Instruct-DSpark"),
@@ -73,7 +74,7 @@ def test_bench_sampling_reports_no_identity_and_leaves_out_a_missing_ablation(ca
     assert main(args) == 0
     captured = capsys.readouterr()
     report = json.loads(captured.out.strip().splitlines()[-1])
-    assert list(report["methods"]) == ["plain", "prompt_lookup", "dspark"]
+    assert list(report["methods"]) == ["plain", "prompt_lookup", "dspark", "dspark_lookup"]
     assert "dflash_ablation: no trained drafter" in captured.err
     assert all(m["identical"] is None for m in report["methods"].values())
 

@@ -53,6 +53,17 @@ def test_eval_on_smollm2(smollm2, capsys):
         assert replayed[key] == result[key], key
     batched = teacher_forced_acceptance(target, tokenizer, drafter, prompts, max_new_tokens=24, batch_size=2)
     assert batched["new_tokens"] == 48 and abs(batched["tau"] - result["tau"]) < 0.25
+    # and with prompt lookup beside the drafter, round for round too
+    looked_up = evaluate_acceptance(
+        target, tokenizer, drafter, prompts, max_new_tokens=24,
+        generate_kwargs={"gating": "fixed", "prompt_lookup_num_tokens": 10},
+    )  # fmt: skip
+    replayed = teacher_forced_acceptance(
+        target, tokenizer, drafter, prompts, max_new_tokens=24, batch_size=1, prompt_lookup_tokens=10
+    )
+    for key in ("rounds", "accepted_tokens", "verified_tokens", "tau", "per_position_acceptance"):
+        assert replayed[key] == looked_up[key], key
+    assert sum(s.lookup_rounds for s in replayed["stats"]) == sum(s.lookup_rounds for s in looked_up["stats"])
 
     code = main(["eval", "--data", str(EVAL_DIR / "humaneval.jsonl"), "--limit", "1", "--max-new-tokens", "8",
                  "--device", "cpu", "--json"])  # fmt: skip
