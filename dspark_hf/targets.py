@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -111,8 +110,7 @@ def smollm2_folder() -> Path:
     if (folder / "model.safetensors").is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)  # fails before the slow part where the cache is not writable
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent))
-    try:
+    with tempfile.TemporaryDirectory(dir=folder.parent, ignore_cleanup_errors=True) as tmp:
         log(f"converting {gguf.name} into a Transformers folder at {folder} (once, ~540 MB)")
         model, tokenizer = _from_pretrained(str(gguf.parent), torch.float32, gguf_file=gguf.name)
         config = {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"}
@@ -121,12 +119,11 @@ def smollm2_folder() -> Path:
         plain.generation_config = model.generation_config
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, folder)  # atomic: a half-written folder is never picked up
-    except OSError:
-        if not (folder / "model.safetensors").is_file():  # else another process finished it first
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            os.replace(tmp, folder)  # atomic: a half-written folder is never picked up
+        except OSError:
+            if not (folder / "model.safetensors").is_file():  # else another process finished it first
+                raise
     return folder
 
 
