@@ -28,6 +28,7 @@ from dspark_hf.targets import encode_prompt
 
 MAX_PROMPT_CHARS = 4000
 MAX_NEW_TOKENS = 512
+LOOKUP_TOKENS = 10  # prompt_lookup_num_tokens beside the drafter when the box is ticked (what `dspark bench` runs)
 EVAL_DIR = Path(os.environ.get("DSPARK_EVAL_DIR", Path(__file__).resolve().parents[1].parent / "shared/data/eval"))
 FALLBACK_EXAMPLES = {
     "math": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -49,12 +50,15 @@ def examples() -> list[str]:
     return prompts
 
 
-def token_sources(accepted_per_round: list[int], count: int) -> list[str | None]:
+def token_sources(
+    accepted_per_round: list[int], count: int, lookup_per_round: list[bool] | None = None
+) -> list[str | None]:
     """Where each new token came from: None for the target's own (the prefill's and each round's bonus token),
-    "draft k" for a draft accepted at block position k."""
+    "draft k" for the drafter's draft accepted at block position k, "lookup" for a prompt-lookup token accepted."""
+    lookup_per_round = lookup_per_round or [False] * len(accepted_per_round)
     sources: list[str | None] = [None]
-    for accepted in accepted_per_round:
-        sources += [f"draft {k}" for k in range(1, accepted + 1)] + [None]
+    for accepted, looked_up in zip(accepted_per_round, lookup_per_round, strict=True):
+        sources += ["lookup" if looked_up else f"draft {k}" for k in range(1, accepted + 1)] + [None]
     return sources[:count]
 
 
@@ -100,7 +104,7 @@ class SideBySide:
             raise result["error"]
         yield text, result["out"][0, inputs["input_ids"].shape[1] :].tolist(), seconds
 
-    def run(self, prompt: str, max_new_tokens: int, temperature: float, gating: str):
+    def run(self, prompt: str, max_new_tokens: int, temperature: float, gating: str, lookup: bool = True):
         prompt = (prompt or "").strip()
         if not prompt:
             yield "", [], "**Enter a prompt** (or pick an example) and press Run.", None
@@ -118,6 +122,8 @@ class SideBySide:
                 plain_tokens, plain_s = done or plain_tokens, seconds
                 yield plain_text, [], "Target alone: generating…", None
             dspark_kwargs = dict(kwargs, assistant_model=self.drafter, gating=gating)
+            if lookup:
+                dspark_kwargs["prompt_lookup_num_tokens"] = LOOKUP_TOKENS
             for text, done, dspark_s in self._stream(inputs, dspark_kwargs):  # noqa: B007 (the last one is kept)
                 if done is None:
                     yield plain_text, [(text, None)], "Target + DSpark: generating…", None
@@ -125,7 +131,7 @@ class SideBySide:
             yield "", [], f"**Generation failed**: {type(err).__name__}: {err}", None
             return
         stats = self.drafter.stats
-        sources = token_sources(stats.accepted_per_round, len(done))
+        sources = token_sources(stats.accepted_per_round, len(done), stats.lookup_per_round)
         highlighted = list(zip(token_pieces(self.tokenizer, done), sources, strict=True))
         plain_tok_s, dspark_tok_s = len(plain_tokens) / plain_s, len(done) / dspark_s
         identical = "n/a (sampling)" if sampling["do_sample"] else ("yes" if plain_tokens == done else "NO")
@@ -134,11 +140,13 @@ class SideBySide:
             f"target + DSpark {dspark_tok_s:.1f} tok/s · τ {stats.tau:.2f} over {stats.rounds} rounds · "
             f"tokens identical: {identical}"
         )
+        if lookup:
+            summary += f" · {stats.lookup_rounds} rounds verified a prompt-lookup continuation"
         if not self.trained:
             summary += " · *untrained drafter: expect τ ≈ 1 and no speed-up (set DSPARK_DRAFTER)*"
         counts = Counter(stats.accepted_per_round)
-        gamma = self.drafter.config.block_size
-        lengths = range(gamma + 1)  # as text, so the plot draws one bar per length
+        longest = max(self.drafter.config.block_size, LOOKUP_TOKENS if lookup else 0)
+        lengths = range(longest + 1)  # as text, so the plot draws one bar per length
         plot = pd.DataFrame({"accepted drafts": [str(k) for k in lengths], "rounds": [counts[k] for k in lengths]})
         yield plain_text, highlighted, summary, plot
 
@@ -146,13 +154,14 @@ class SideBySide:
 def build_demo(app: SideBySide) -> gr.Blocks:
     gamma = app.drafter.config.block_size
     palette = ["#1b9e77", "#66c2a5", "#a6d854", "#ffd92f", "#fdae61", "#f46d43", "#d53e4f", "#9e0142"]
-    colors = {f"draft {k}": palette[(k - 1) % len(palette)] for k in range(1, gamma + 1)}
+    colors = {f"draft {k}": palette[(k - 1) % len(palette)] for k in range(1, gamma + 1)} | {"lookup": "#8da0cb"}
     with gr.Blocks(title="DSpark speculative decoding") as demo:
         gr.Markdown(
             "# DSpark: the same tokens, fewer target forwards\n"
             f"Target `{app.target.config.name_or_path}` on `{app.target.device}`. The right pane colours each token "
-            "the drafter proposed and the target accepted by its position in the round; uncoloured tokens are the "
-            "target's own."
+            "the drafter proposed and the target accepted by its position in the round, and in one colour those "
+            "copied by prompt lookup (an earlier occurrence of the last few tokens, steered by the drafter); "
+            "uncoloured tokens are the target's own."
         )
         prompt = gr.Textbox(label="Prompt", lines=3, max_length=MAX_PROMPT_CHARS, elem_id="prompt")
         gr.Examples(examples=[[e] for e in examples()], inputs=[prompt], label="Examples: math, code, chat")
@@ -160,6 +169,9 @@ def build_demo(app: SideBySide) -> gr.Blocks:
             max_new = gr.Slider(16, MAX_NEW_TOKENS, value=128, step=1, label="Max new tokens", elem_id="max-new-tokens")
             temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
             gating = gr.Radio(["scheduler", "threshold", "fixed"], value="scheduler", label="Gating", elem_id="gating")
+            lookup = gr.Checkbox(
+                value=True, label=f"Prompt lookup beside the drafter (up to {LOOKUP_TOKENS} tokens)", elem_id="lookup"
+            )
         run = gr.Button("Run", variant="primary", elem_id="run")
         summary = gr.Markdown(elem_id="summary")
         with gr.Row():
@@ -172,7 +184,8 @@ def build_demo(app: SideBySide) -> gr.Blocks:
                 elem_id="dspark-output",
             )
         plot = gr.BarPlot(x="accepted drafts", y="rounds", title="Accepted drafts per round", elem_id="plot")
-        run.click(app.run, inputs=[prompt, max_new, temperature, gating], outputs=[plain, dspark, summary, plot])
+        controls = [prompt, max_new, temperature, gating, lookup]
+        run.click(app.run, inputs=controls, outputs=[plain, dspark, summary, plot])
     return demo.queue(default_concurrency_limit=1, max_size=16)
 
 

@@ -46,6 +46,7 @@ def merge_stats(stats: list[DSparkStats]) -> DSparkStats:
         merged.accepted_tokens += s.accepted_tokens
         merged.accepted_per_round += s.accepted_per_round
         merged.verified_per_round += s.verified_per_round
+        merged.lookup_per_round += s.lookup_per_round
         merged.draft_time_s += s.draft_time_s
         merged.total_time_s += s.total_time_s
     return merged
@@ -195,12 +196,6 @@ def replay_rounds(
             and drafted[accepted] == tokens[anchor + 1 + accepted]
         ):
             accepted += 1
-        stats.rounds += 1
-        stats.lookup_rounds += bool(looked_up)
-        stats.drafted_tokens += len(drafted)
-        stats.verified_tokens += len(drafted)
-        stats.accepted_tokens += accepted
-        stats.accepted_per_round.append(accepted)
-        stats.verified_per_round.append(len(drafted))
+        stats.record(len(drafted), len(drafted), accepted, bool(looked_up))
         anchor += accepted + 1
     return stats

@@ -102,8 +102,20 @@ class DSparkStats:
     accepted_tokens: int = 0
     accepted_per_round: list[int] = field(default_factory=list)
     verified_per_round: list[int] = field(default_factory=list)
+    lookup_per_round: list[bool] = field(default_factory=list)  # which rounds verified a lookup continuation
     draft_time_s: float = 0.0
     total_time_s: float = 0.0
+
+    def record(self, drafted: int, verified: int, accepted: int, looked_up: bool) -> None:
+        """One round: `drafted` proposed, the first `verified` of them sent to the target, `accepted` kept."""
+        self.rounds += 1
+        self.lookup_rounds += looked_up
+        self.drafted_tokens += drafted
+        self.verified_tokens += verified
+        self.accepted_tokens += accepted
+        self.accepted_per_round.append(accepted)
+        self.verified_per_round.append(verified)
+        self.lookup_per_round.append(looked_up)
 
     @property
     def tau(self) -> float:
@@ -123,6 +135,7 @@ class DSparkStats:
             "tau": self.tau,
             "per_position_acceptance": self.per_position_acceptance,
             "accepted_per_round": list(self.accepted_per_round),
+            "lookup_per_round": list(self.lookup_per_round),
             "draft_time_s": self.draft_time_s,
             "total_time_s": self.total_time_s,
         }
@@ -274,16 +287,8 @@ class DSparkCandidateGenerator(CandidateGenerator):
             return
         drafted, verified, looked_up = self._pending
         self._pending = None
-        accepted = min(int(num_matches), verified)
-        stats = self.stats
-        stats.rounds += 1
-        stats.lookup_rounds += looked_up
-        stats.drafted_tokens += drafted
-        stats.verified_tokens += verified
-        stats.accepted_tokens += accepted
-        stats.accepted_per_round.append(accepted)
-        stats.verified_per_round.append(verified)
-        stats.total_time_s = perf_counter() - self._started
+        self.stats.record(drafted, verified, min(int(num_matches), verified), looked_up)
+        self.stats.total_time_s = perf_counter() - self._started
 
 
 # ----- routing inside generate() -----------------------------------------------------------------------------------
