@@ -183,7 +183,10 @@ def build_demo(app: SideBySide) -> gr.Blocks:
                 show_inline_category=False,
                 elem_id="dspark-output",
             )
-        plot = gr.BarPlot(x="accepted drafts", y="rounds", title="Accepted drafts per round", elem_id="plot")
+        lengths = [str(k) for k in range(max(gamma, LOOKUP_TOKENS) + 1)]  # in numeric order, not "0, 1, 10, 2"
+        plot = gr.BarPlot(
+            x="accepted drafts", y="rounds", title="Accepted drafts per round", sort=lengths, elem_id="plot"
+        )
         controls = [prompt, max_new, temperature, gating, lookup]
         run.click(app.run, inputs=controls, outputs=[plain, dspark, summary, plot])
     return demo.queue(default_concurrency_limit=1, max_size=16)
