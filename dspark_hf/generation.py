@@ -96,7 +96,6 @@ class DSparkStats:
 
     block_size: int
     rounds: int = 0
-    lookup_rounds: int = 0  # rounds that verified a prompt-lookup continuation instead of the drafter's block
     drafted_tokens: int = 0
     verified_tokens: int = 0
     accepted_tokens: int = 0
@@ -109,13 +108,17 @@ class DSparkStats:
     def record(self, drafted: int, verified: int, accepted: int, looked_up: bool) -> None:
         """One round: `drafted` proposed, the first `verified` of them sent to the target, `accepted` kept."""
         self.rounds += 1
-        self.lookup_rounds += looked_up
         self.drafted_tokens += drafted
         self.verified_tokens += verified
         self.accepted_tokens += accepted
         self.accepted_per_round.append(accepted)
         self.verified_per_round.append(verified)
         self.lookup_per_round.append(looked_up)
+
+    @property
+    def lookup_rounds(self) -> int:
+        """Rounds that verified a prompt-lookup continuation instead of the drafter's block."""
+        return sum(self.lookup_per_round)
 
     @property
     def tau(self) -> float:

@@ -40,7 +40,6 @@ def merge_stats(stats: list[DSparkStats]) -> DSparkStats:
     merged = DSparkStats(block_size=stats[0].block_size)
     for s in stats:
         merged.rounds += s.rounds
-        merged.lookup_rounds += s.lookup_rounds
         merged.drafted_tokens += s.drafted_tokens
         merged.verified_tokens += s.verified_tokens
         merged.accepted_tokens += s.accepted_tokens
