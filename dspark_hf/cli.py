@@ -194,7 +194,7 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     target, tokenizer = load_target(args.target, device=args.device, dtype=args.dtype)
     path = prepare_data(
         target, tokenizer, prompts, args.output, args.max_new_tokens, args.batch_size, args.max_prompt_tokens,
-        args.temperature,
+        args.temperature, args.static_cache,
     )  # fmt: skip
     log(f"{len(prompts)} conversations in {path}")
     return 0
@@ -382,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--max-prompt-tokens", type=int, default=1024)
     prep.add_argument("--batch-size", type=int, default=8)
     prep.add_argument("--temperature", type=float, default=0.0, help="0 = greedy responses (default)")
+    prep.add_argument("--static-cache", action="store_true",
+                      help="GPU: one batch shape, a static KV cache: decoding compiled once (CUDA graphs)")  # fmt: skip
     prep.add_argument("--device", default=None)
     prep.add_argument("--dtype", default=None)
     prep.set_defaults(func=cmd_prepare_data)

@@ -89,10 +89,15 @@ def parse_gating(spec: str) -> tuple[str, float | None]:
 
 
 def make_gating(
-    spec: str, threshold: float = 0.1, target: PreTrainedModel | None = None, drafter: DSparkDrafter | None = None
+    spec: str,
+    threshold: float = 0.1,
+    target: PreTrainedModel | None = None,
+    drafter: DSparkDrafter | None = None,
+    max_tokens: int | None = None,
 ) -> GatingPolicy:
     """Build a policy from its name, as stored in `DSparkConfig.gating` or given on the CLI. The scheduler needs the
-    target and the drafter: it measures (once, cached on disk) what their rounds cost on this device."""
+    target and the drafter: it measures (once, cached on disk) what their rounds cost on this device, for forwards
+    of up to `max_tokens` new tokens (default: the drafter's block + 1)."""
     name, value = parse_gating(spec)
     if name == "threshold":
         return ConfidenceThreshold(threshold if value is None else value)
@@ -102,4 +107,4 @@ def make_gating(
         raise ValueError("gating 'scheduler' needs the target and the drafter (it measures their costs)")
     from .scheduler import PrefixScheduler
 
-    return PrefixScheduler.for_models(target, drafter)
+    return PrefixScheduler.for_models(target, drafter, max_tokens)

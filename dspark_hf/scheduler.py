@@ -313,12 +313,17 @@ class PrefixScheduler:
         self._wait = 1  # rounds to skip after the next round that does not pay
 
     @classmethod
-    def for_models(cls, target: PreTrainedModel, drafter: DSparkDrafter) -> PrefixScheduler:
-        """The scheduler for this drafter on this target, from the cached profile (measured on first use)."""
-        profile = load_profile(target, drafter)
+    def for_models(
+        cls, target: PreTrainedModel, drafter: DSparkDrafter, max_tokens: int | None = None
+    ) -> PrefixScheduler:
+        """The scheduler for this drafter on this target, from the cached profile (measured on first use), with
+        verification costs up to `max_tokens` new tokens (default: the drafter's block + 1)."""
+        profile = load_profile(target, drafter, max_tokens=max_tokens)
         return cls(profile.verify_s[1], profile.draft_s[drafter_signature(drafter)])
 
-    def __call__(self, prefix_probs: Sequence[float]) -> int:
+    def best_length(self, prefix_probs: Sequence[float]) -> tuple[int, float]:
+        """(L, its expected tokens per second): the stopping rule of the class docstring, with no side effects.
+        Also sizes prompt-lookup continuations, whose survival the generator estimates from earlier rounds."""
         best, best_rate, gain = 0, 1.0 / (self.draft_s + self.verify_s[0]), 1.0
         for length, a in enumerate(prefix_probs[: len(self.verify_s) - 1], start=1):
             gain += a
@@ -326,6 +331,10 @@ class PrefixScheduler:
             if rate <= best_rate:  # stop here, whatever later positions might bring (see the class docstring)
                 break
             best, best_rate = length, rate
+        return best, best_rate
+
+    def __call__(self, prefix_probs: Sequence[float]) -> int:
+        best, best_rate = self.best_length(prefix_probs)
         if best_rate * self.verify_s[0] < 1.0:  # slower than plain decoding: wait before drafting again
             self._idle, self._wait = min(self._wait, self.max_idle_rounds), min(2 * self._wait, self.max_idle_rounds)
         else:

@@ -225,12 +225,13 @@ def timed_generate(target: PreTrainedModel, inputs, seed: int, **generate_kwargs
 
 @torch.no_grad()
 def generate_continuations(
-    target: PreTrainedModel, tokenizer, prompts: list[list[int]], **generate_kwargs
+    target: PreTrainedModel, tokenizer, prompts: list[list[int]], width: int | None = None, **generate_kwargs
 ) -> list[list[int]]:
-    """Each prompt's new tokens from one left-padded, batched `generate()`, cut after the first EOS (kept)."""
+    """Each prompt's new tokens from one left-padded, batched `generate()`, cut after the first EOS (kept).
+    Prompts are padded to the longest, or to `width` (>= the longest) to keep every batch's shape the same."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = eos_ids(target, tokenizer)
-    width = max(map(len, prompts))
+    width = max(width or 0, *map(len, prompts))
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=target.device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=target.device)
     out = target.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad, **generate_kwargs)

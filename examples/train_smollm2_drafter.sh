@@ -15,7 +15,8 @@
 # prompts with code and arithmetic first: DATA_SECONDS=240 STEPS=3000 LR=3e-4 INIT=<run 4's drafter> (6 144
 # conversations; 3 000 steps in ~380 s; bench/session10_2026-12-02/).
 #
-# Knobs (environment): WORK, PROMPTS ('sharegpt' or a JSONL file), WORKERS, BATCH, DATA_SECONDS, NEW_TOKENS, STEPS, LR,
+# Knobs (environment): WORK, PROMPTS ('sharegpt' or a JSONL file), WORKERS, BATCH, DATA_SECONDS, NEW_TOKENS, STATIC
+# (set: `prepare-data --static-cache`, decoding compiled once into CUDA graphs), STEPS, LR,
 # INIT (a drafter folder both trainings start from, to go on training on new data: the ablation keeps its backbone
 # and drops its Markov head), EVAL_LIMIT, EVAL_BATCH, EVAL_DIR, DSPARK (the command; default `dspark`). On one H200
 # the two trainings side by side ran 0.117 s per step each (4500 steps in 529 s); a 10-minute call holds ~5000 steps.
@@ -47,9 +48,10 @@ for i in range(n):
 print(f"{len(prompts)} prompts over {n} workers")
 EOF
   for ((i = 0; i < workers; i++)); do
+    # shellcheck disable=SC2086
     timeout "${DATA_SECONDS:-300}" "${dspark[@]}" prepare-data --prompts "$work/prompts/$i.jsonl" \
       --output "$work/data/$i" --dtype bfloat16 --batch-size "${BATCH:-1024}" --max-new-tokens "${NEW_TOKENS:-384}" \
-      --max-prompt-tokens 384 > "$work/data_$i.log" 2>&1 &
+      --max-prompt-tokens 384 ${STATIC:+--static-cache} > "$work/data_$i.log" 2>&1 &
   done
   wait || true  # a worker stopped by the time limit keeps every complete row
   python3 - "$work" <<'EOF'

@@ -39,6 +39,13 @@ def test_prepare_data_resumes_and_train_writes_a_lossless_drafter(tmp_path, smol
         prompt = torch.tensor([row["input_ids"][:prompt_len]])
         expected = target.generate(prompt, max_new_tokens=len(response), do_sample=False)[0, prompt_len:]
         assert expected.tolist() == response
+    # one batch shape and a static cache (the GPU recipe's compiled decoding): the same rows; the last batch of two
+    # holds one prompt and a repeat whose answer is dropped
+    static = tmp_path / "static"
+    static_args = [*common[:2], "--output", str(static), *common[4:], "--batch-size", "2", "--static-cache"]
+    with pytest.warns(UserWarning, match="skipped 1 prompts"):
+        assert main(["prepare-data", *static_args]) == 0
+    assert (static / "data.jsonl").read_text() == (data / "data.jsonl").read_text()
 
     out = tmp_path / "drafter"
     args = ["train", "--data", str(data), "--output", str(out), "--steps", "2", "--block-size", "4",

@@ -90,11 +90,16 @@ def prepare_data(
     batch_size: int = 8,
     max_prompt_tokens: int = 1024,
     temperature: float = 0.0,
+    static_cache: bool = False,
 ) -> Path:
     """Regenerate responses with `target` in batches and append them to `output`/data.jsonl.
 
     Prompts longer than `max_prompt_tokens` (with the chat template) are skipped, not cut: a cut would drop the
-    template's head. Resumable: a re-run continues after the last complete row (a row torn by a kill is dropped)."""
+    template's head. Resumable: a re-run continues after the last complete row (a row torn by a kill is dropped).
+
+    `static_cache` (for GPUs): every batch gets one shape — `batch_size` prompts (the last one filled up with
+    repeats, whose answers are dropped) padded to `max_prompt_tokens` — and a static KV cache, so Transformers
+    compiles the decoding step once (CUDA graphs) instead of launching ~30 layers' kernels one by one per token."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     data = output / DATA_FILE
@@ -107,11 +112,15 @@ def prepare_data(
         )
     todo = encoded[done:]
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    shape = {"width": max_prompt_tokens, "cache_implementation": "static"} if static_cache else {}
     with data.open("a") as handle, tqdm(total=len(encoded), initial=done, desc="regenerating responses") as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
+            filled = batch + batch[:1] * (batch_size - len(batch)) if static_cache else batch
             # the EOS is learned too; padding after it is not
-            responses = generate_continuations(target, tokenizer, batch, max_new_tokens=max_new_tokens, **sampling)
+            responses = generate_continuations(
+                target, tokenizer, filled, max_new_tokens=max_new_tokens, **shape, **sampling
+            )[: len(batch)]
             lines = []
             for prompt, response in zip(batch, responses, strict=True):
                 record = {"input_ids": prompt + response, "loss_mask": [0] * len(prompt) + [1] * len(response)}

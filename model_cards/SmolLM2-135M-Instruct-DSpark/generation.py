@@ -20,17 +20,23 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from transformers.generation.candidate_generator import CandidateGenerator
 from transformers.generation.logits_process import LogitsProcessorList
 
+from .cuda_graphs import DraftingGraphs
 from .gating import GatingPolicy, make_gating
-from .markov_kernel import fused_sampling, markov_draft
+from .markov_kernel import fused_sampling, markov_draft, resolve_backend
+
+CUDA_GRAPHS_ENV = "DSPARK_CUDA_GRAPHS"  # "0" turns the CUDA-graph drafting round off
+CUDA_GRAPHS_MAX_LENGTH = 16384  # beyond this, attending to the whole preallocated context would cost too much
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig, PreTrainedModel
@@ -88,6 +94,18 @@ def lookup_continuation(ids: Sequence[int], max_ngram: int = 3, first_token: int
 def cut_at_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
     """Nothing after EOS can be kept, so never verify it."""
     return tokens[: next((k + 1 for k, t in enumerate(tokens) if t in eos_ids), len(tokens))]
+
+
+class DraftedBlock(NamedTuple):
+    """One drafted block: tokens (γ,), the logits q each token was drawn from (γ, V' over the draft vocabulary or
+    V), prefix survival a_k (γ,), the draft vocabulary's token ids (None: the whole vocabulary), and `packed`: tokens,
+    survival and the drafter's most likely first token in one float64 vector (γ + γ + 1,), for one host copy."""
+
+    tokens: torch.Tensor
+    q_logits: torch.Tensor
+    prefix_probs: torch.Tensor
+    vocab_ids: torch.Tensor | None
+    packed: torch.Tensor
 
 
 @dataclass
@@ -171,21 +189,90 @@ class DSparkCandidateGenerator(CandidateGenerator):
         eos = getattr(generation_config, "_eos_token_tensor", None)
         self.eos_ids = set(eos.flatten().tolist()) if eos is not None else set()
         cfg = drafter.config
-        gating = gating or drafter.gating or cfg.gating
-        if isinstance(gating, str):
-            gating = make_gating(gating, cfg.confidence_threshold, target=target, drafter=drafter)
-        self.gating = gating
-        self.should_draft = getattr(gating, "should_draft", None)  # a policy may skip drafting that does not pay
-        temps = cfg.confidence_temperatures
-        self.conf_temps = torch.tensor(temps, device=drafter.device) if temps is not None else None
         # Transformers' prompt-lookup knobs turn on lookup rounds (HF's default n-gram is 2; 3 measured better here)
         self.lookup_tokens = generation_config.prompt_lookup_num_tokens or 0
         self.lookup_ngram = generation_config.max_matching_ngram_size or 3
-        self.cache = drafter.new_context_cache()
+        gating = gating or drafter.gating or cfg.gating
+        if isinstance(gating, str):
+            longest = max(self.block_size, self.lookup_tokens) + 1  # the longest forward a round can ask for
+            gating = make_gating(gating, cfg.confidence_threshold, target=target, drafter=drafter, max_tokens=longest)
+        self.gating = gating
+        self.should_draft = getattr(gating, "should_draft", None)  # a policy may skip drafting that does not pay
+        # a cost-aware policy also sizes lookup continuations (the others verify all that was found)
+        self.lookup_length = getattr(gating, "best_length", None)
+        self.lookup_reached = [0] * self.lookup_tokens  # lookup rounds that verified position k with k-1 accepted
+        self.lookup_accepted = [0] * self.lookup_tokens  # ... and accepted position k
+        temps = cfg.confidence_temperatures
+        self.conf_temps = torch.tensor(temps, device=drafter.device) if temps is not None else None
+        self.graphs = self._drafting_graphs()
+        self.cache = self.graphs.cache if self.graphs is not None else drafter.new_context_cache()
         self.stats = DSparkStats(block_size=max(self.block_size, self.lookup_tokens))
         drafter.stats = self.stats
         self._started = perf_counter()
         self._pending: tuple[int, int, bool] | None = None  # (drafted, verified, lookup round) until verified
+
+    def _drafting_graphs(self) -> DraftingGraphs | None:
+        """The round as CUDA graphs (`cuda_graphs.py`) where it can be captured: CUDA, the fused kernel, a bounded
+        length; $DSPARK_CUDA_GRAPHS=0 turns it off. A capture that fails falls back to eager rounds, saying so."""
+        device = self.drafter.device
+        if (
+            device.type != "cuda"
+            or os.environ.get(CUDA_GRAPHS_ENV, "1") == "0"
+            or fused_sampling(self.logits_processor) is None
+            or resolve_backend(device) != "triton"
+            or self.max_length > CUDA_GRAPHS_MAX_LENGTH
+        ):
+            return None
+        try:
+            return DraftingGraphs(self, self.max_length, max(self.block_size, self.lookup_tokens) + 1)
+        except RuntimeError as err:
+            print(f"[dspark] CUDA-graph drafting unavailable ({err}); drafting eagerly", file=sys.stderr)
+            return None
+
+    def draft_block(
+        self,
+        anchor: torch.Tensor,
+        positions: torch.Tensor,
+        context: list[tuple[torch.Tensor, torch.Tensor]],
+        mask: torch.Tensor | None = None,
+        barrier: torch.Tensor | None = None,
+        prefix_ids: torch.Tensor | None = None,
+    ) -> DraftedBlock:
+        """Draft γ tokens after `anchor` at `positions` from the context keys/values: backbone, LM-head rows, Markov
+        draft. `mask` and `barrier` are the fixed-shape round's (see `DraftingGraphs`); `prefix_ids`, the sequence so
+        far, is for logits processors that read it (the eager loop's)."""
+        drafter = self.drafter
+        hidden = drafter(drafter.block_embeddings(anchor), positions, context, attention_mask=mask)[0]
+        base_logits, w2, vocab_ids = drafter.draft_logits(hidden, restrict=self.restrict_vocab)
+        base_logits = base_logits.float()
+        uniforms = torch.rand(base_logits.shape, device=base_logits.device) if self.do_sample else None
+        tokens, q_logits, _, prefix_probs = markov_draft(
+            base_logits,
+            hidden,
+            anchor,
+            drafter.markov_weights()[0],
+            w2,
+            drafter.confidence_head.weight[0],
+            drafter.confidence_head.bias,
+            self.conf_temps,
+            uniforms=uniforms,
+            logits_processor=self.logits_processor,
+            prefix_ids=prefix_ids,
+            vocab_ids=vocab_ids,
+            barrier=barrier,
+        )
+        # lookup is steered by the drafter's most likely first token, never by its sample: a choice between drafter
+        # and lookup that looked at the sampled tokens would bias the q they are verified against
+        guide = q_logits[:1].argmax(-1)
+        guide = vocab_ids[guide] if vocab_ids is not None else guide
+        packed = torch.cat([tokens.double(), prefix_probs.double(), guide.double()])
+        return DraftedBlock(tokens, q_logits, prefix_probs, vocab_ids, packed)
+
+    def _draft_eager(self, input_ids: torch.LongTensor) -> DraftedBlock:
+        verified_len = input_ids.shape[1] - 1
+        positions = torch.arange(verified_len, verified_len + self.block_size, device=input_ids.device)[None]
+        context = [self.cache.get(i) for i in range(len(self.drafter.layers))]
+        return self.draft_block(input_ids[:, -1], positions, context, prefix_ids=input_ids)
 
     @torch.no_grad()
     def get_candidates(
@@ -214,7 +301,10 @@ class DSparkCandidateGenerator(CandidateGenerator):
                 "DSpark lost track of the target's verified tokens "
                 f"(cache {self.cache.length}, sequence {verified_len}); this is a bug, please report it."
             )
-        drafter.append_context(self.cache, drafter.fuse_context(hidden_states, new))
+        if self.graphs is not None and new <= self.graphs.max_new:
+            self.graphs.append(hidden_states, new)
+        else:  # the prompt, or the eager round
+            drafter.append_context(self.cache, drafter.fuse_context(hidden_states, new))
 
         room = self.max_length - input_ids.shape[1] - 1  # the target adds one token of its own
         budget = min(self.block_size, room)
@@ -227,35 +317,16 @@ class DSparkCandidateGenerator(CandidateGenerator):
             self._pending = (0, 0, False)
             return input_ids, None
 
-        anchor = input_ids[:, -1]
-        positions = torch.arange(verified_len, verified_len + self.block_size, device=input_ids.device)[None]
-        context = [self.cache.get(i) for i in range(len(drafter.layers))]
-        hidden = drafter(drafter.block_embeddings(anchor), positions, context)[0, :budget]
-        base_logits, w2, vocab_ids = drafter.draft_logits(hidden, restrict=self.restrict_vocab)
-        base_logits = base_logits.float()
-        uniforms = torch.rand(base_logits.shape, device=base_logits.device) if self.do_sample else None
-        tokens, q_logits, _, prefix_probs = markov_draft(
-            base_logits,
-            hidden,
-            anchor,
-            drafter.markov_weights()[0],
-            w2,
-            drafter.confidence_head.weight[0],
-            drafter.confidence_head.bias,
-            self.conf_temps,
-            uniforms=uniforms,
-            logits_processor=self.logits_processor,
-            prefix_ids=input_ids,
-            vocab_ids=vocab_ids,
-        )
-
-        # lookup is steered by the drafter's most likely first token, never by its sample: a choice between drafter
-        # and lookup that looked at the sampled tokens would bias the q they are verified against
-        guide = q_logits[:1].argmax(-1)
-        guide = vocab_ids[guide] if vocab_ids is not None else guide
+        # a whole block is drafted even where the budget is shorter: positions after it do not change those before
+        gamma = self.block_size
+        block = self.graphs.draft(input_ids[:, -1]) if self.graphs is not None else self._draft_eager(input_ids)
         # one device->host transfer per round: token ids (exact in float64), prefix survival a_k = Π c_i, the guide
-        host = torch.cat([tokens.double(), prefix_probs.double(), guide.double()]).tolist()
-        token_list, prefix_probs = host[:budget], host[budget : 2 * budget]
+        host = block.packed.tolist()
+        if min(host[:gamma]) < 0:  # top-k ties ran past the graphed kernel's candidate list: the loop keeps them all
+            block = self._draft_eager(input_ids)
+            host = block.packed.tolist()
+        tokens, q_logits, vocab_ids = block.tokens, block.q_logits, block.vocab_ids
+        token_list, prefix_probs = host[:budget], host[gamma : gamma + budget]
         found = self._looked_up(input_ids, room, int(host[-1]))
         self.stats.draft_time_s += perf_counter() - started
         if found:
@@ -272,11 +343,22 @@ class DSparkCandidateGenerator(CandidateGenerator):
         return candidates, q_logits[None]
 
     def _looked_up(self, input_ids: torch.LongTensor, room: int, first_token: int | None) -> list[int]:
-        """The prompt-lookup continuation to verify this round, cut to the budget and at EOS ([]: none)."""
+        """The prompt-lookup continuation to verify this round, cut to the budget and at EOS ([]: none).
+
+        Under the scheduler it is cut further to the length that maximises expected tokens per second, with the
+        survival of each lookup position estimated from this call's earlier lookup rounds (optimistic until seen:
+        1 success in 1 trial). That cut depends only on earlier rounds, never on the tokens verified now."""
         if not self.lookup_tokens or room <= 0:
             return []
         found = lookup_continuation(input_ids[0].tolist(), self.lookup_ngram, first_token)
-        return cut_at_eos(found[: min(self.lookup_tokens, room)], self.eos_ids)
+        found = cut_at_eos(found[: min(self.lookup_tokens, room)], self.eos_ids)
+        if found and self.lookup_length is not None:
+            survival, prefix_probs = 1.0, []
+            for reached, accepted in zip(self.lookup_reached[: len(found)], self.lookup_accepted, strict=False):
+                survival *= (accepted + 1) / (reached + 1)
+                prefix_probs.append(survival)
+            found = found[: self.lookup_length(prefix_probs)[0]]
+        return found
 
     def _verify_lookup(self, input_ids: torch.LongTensor, found: list[int]) -> tuple[torch.LongTensor, None]:
         """No logits go with looked-up drafts: they are deterministic, so Transformers verifies them by matching them
@@ -290,7 +372,12 @@ class DSparkCandidateGenerator(CandidateGenerator):
             return
         drafted, verified, looked_up = self._pending
         self._pending = None
-        self.stats.record(drafted, verified, min(int(num_matches), verified), looked_up)
+        accepted = min(int(num_matches), verified)
+        if looked_up:
+            for k in range(min(accepted + 1, verified)):
+                self.lookup_reached[k] += 1
+                self.lookup_accepted[k] += k < accepted
+        self.stats.record(drafted, verified, accepted, looked_up)
         self.stats.total_time_s = perf_counter() - self._started
 
 

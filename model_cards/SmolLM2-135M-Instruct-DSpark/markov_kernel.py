@@ -96,7 +96,7 @@ def markov_draft_reference(
         prefix.append(survival.view(1))
         tokens.append(token)
         q_logits.append(logits)
-        if logits_processor:
+        if logits_processor and prefix_ids is not None:  # (the warpers alone do not read it)
             prefix_ids = torch.cat([prefix_ids, token.view(1, 1).to(prefix_ids.dtype)], dim=-1)
         previous = token
     return torch.cat(tokens), torch.cat(q_logits), torch.cat(confidences), torch.cat(prefix)
@@ -380,11 +380,14 @@ def markov_draft_triton(
     min_keep: int = 1,
     num_ctas: int | None = None,
     vocab_ids: torch.Tensor | None = None,
+    barrier: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The fused kernel: `markov_draft_reference` with the processors given as settings (see `fused_sampling`).
 
     With top-k, a token of -1 means ties of the k-th value ran past the candidate list at that position; the
-    dispatcher `markov_draft` then runs the round on the PyTorch loop."""
+    dispatcher `markov_draft` then runs the round on the PyTorch loop. `barrier` (an int32 counter of one element)
+    replaces the shared, ever-growing grid-barrier counter by one zeroed before the launch: a CUDA graph replays its
+    launches with the arguments they were captured with, so the counter must start from the same value each time."""
     if triton is None:
         raise RuntimeError("Triton is not installed; use backend='torch'")
     n, vocab = base_logits.shape
@@ -416,7 +419,10 @@ def markov_draft_triton(
     chunk = TOP_K_CHUNK["cuda" if device.type == "cuda" else "interpreter"]
     block_s = max(block_k, min(triton.next_power_of_2(per_cta), chunk))
     block_s = block_s if top_k else 1
-    counter, base = _barrier(device, n * ctas)
+    if barrier is None:
+        counter, base = _barrier(device, n * ctas)
+    else:
+        counter, base = barrier.zero_(), 0
     dummy = q
     _markov_draft_kernel[(ctas,)](
         base_logits.contiguous(), hidden.contiguous(), anchor, w1 if w1 is not None else dummy,
@@ -433,7 +439,8 @@ def markov_draft_triton(
         LOG_PK=(block_p * block_k).bit_length() - 1, VECTOR_SORT=device.type != "cuda",
         num_warps=8,
     )  # fmt: skip
-    _barrier_advance(device, n * ctas)
+    if barrier is None:
+        _barrier_advance(device, n * ctas)
     return tokens, q, confidences, prefix
 
 
@@ -448,16 +455,29 @@ def resolve_backend(device: torch.device, backend: str | None = None) -> str:
 
 
 def markov_draft(
-    base_logits: torch.Tensor, *args, backend: str | None = None, logits_processor=None, prefix_ids=None, **kwargs
+    base_logits: torch.Tensor,
+    *args,
+    backend: str | None = None,
+    logits_processor=None,
+    prefix_ids=None,
+    barrier: torch.Tensor | None = None,
+    **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dispatch: the fused kernel on CUDA (see `resolve_backend`) when it can apply `logits_processor` itself (see
-    `fused_sampling`); otherwise the PyTorch loop, which calls the processors."""
+    `fused_sampling`); otherwise the PyTorch loop, which calls the processors.
+
+    With `barrier` (see `markov_draft_triton`; for CUDA-graph capture) the kernel must run, and a top-k round whose
+    ties overflowed is not rerun here, which would need a host sync: the caller finds its tokens of -1 and reruns."""
     settings = fused_sampling(logits_processor)
     if settings is None and kwargs.get("vocab_ids") is not None:
         raise ValueError(
             "a draft vocabulary works with greedy decoding and the temperature / top-k / top-p warpers only; other "
             "logits processors index the whole vocabulary: draft from it (vocab_ids=None)"
         )
+    if barrier is not None:
+        if settings is None or resolve_backend(base_logits.device, backend) != "triton":
+            raise ValueError("a barrier counter is only for the fused kernel (CUDA, Triton, fusable processors)")
+        return markov_draft_triton(base_logits, *args, **kwargs, **settings, barrier=barrier)
     if settings is not None and resolve_backend(base_logits.device, backend) == "triton":
         drafted = markov_draft_triton(base_logits, *args, **kwargs, **settings)
         if "top_k" not in settings or not bool((drafted[0] < 0).any()):

@@ -88,7 +88,8 @@ class DSparkContextCache:
     """Keys/values of the fused target features, per draft layer; append-only.
 
     Only verified positions are ever appended (the generator feeds the features of accepted tokens), so unlike the
-    target's cache it never needs cropping. Storage grows by doubling to keep appends cheap.
+    target's cache it never needs cropping. Storage grows by doubling to keep appends cheap, unless it was allocated
+    up front (`DSparkDrafter.new_context_cache(capacity=...)`): then it never moves, which CUDA graphs need.
     """
 
     def __init__(self, num_layers: int):
@@ -96,8 +97,17 @@ class DSparkContextCache:
         self.values: list[torch.Tensor | None] = [None] * num_layers
         self.length = 0
 
-    def append(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> None:
-        """key/value: (batch, kv_heads, new, head_dim). Call for every layer, then `advance(new)`."""
+    @property
+    def capacity(self) -> int:
+        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+
+    def append(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor, positions: torch.Tensor | None = None):
+        """key/value: (batch, kv_heads, new, head_dim), written from `length` on (call for every layer, then
+        `advance(new)`), or at `positions` (a device tensor; the storage must hold them: nothing grows or syncs)."""
+        if positions is not None:
+            self.keys[layer_idx].index_copy_(2, positions, key)
+            self.values[layer_idx].index_copy_(2, positions, value)
+            return
         new = key.shape[2]
         stored = self.keys[layer_idx]
         if stored is None or stored.shape[2] < self.length + new:
@@ -314,16 +324,33 @@ class DSparkDrafter(DSparkPreTrainedModel):
 
     def fuse_context(self, target_hidden_states: tuple[torch.Tensor, ...], length: int | None = None) -> torch.Tensor:
         """Concatenate the chosen target layers (first `length` positions) and fuse them to width d."""
-        features = torch.cat([target_hidden_states[i][:, :length] for i in self.config.target_layer_ids], dim=-1)
+        return self.fuse_features(self.context_features(target_hidden_states, length))
+
+    def context_features(
+        self, target_hidden_states: tuple[torch.Tensor, ...], length: int | None = None, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The chosen target layers side by side (first `length` positions): (batch, length, layers · d)."""
+        return torch.cat([target_hidden_states[i][:, :length] for i in self.config.target_layer_ids], -1, out=out)
+
+    def fuse_features(self, features: torch.Tensor) -> torch.Tensor:
         return self.context_norm(self.fc(features.to(self.dtype)))
 
-    def append_context(self, cache: DSparkContextCache, fused: torch.Tensor) -> None:
-        """Project fused features to keys/values in every draft layer and append them at the next positions."""
-        positions = torch.arange(cache.length, cache.length + fused.shape[1], device=fused.device)[None]
-        cos, sin = self.rotary_emb(positions, fused.dtype)
+    def append_context(self, cache: DSparkContextCache, fused: torch.Tensor, start: torch.Tensor | None = None) -> None:
+        """Project fused features to keys/values in every draft layer and append them at the next positions.
+
+        With `start` (a 0-d device tensor holding `cache.length`) positions stay on the device and the cache is not
+        advanced (the caller does it): the step then has fixed shapes and no host sync, as a CUDA graph needs."""
+        n = fused.shape[1]
+        if start is None:
+            positions = torch.arange(cache.length, cache.length + n, device=fused.device)
+        else:
+            positions = start + torch.arange(n, device=fused.device)
+        cos, sin = self.rotary_emb(positions[None], fused.dtype)
+        at = None if start is None else positions
         for idx, layer in enumerate(self.layers):
-            cache.append(idx, *layer.self_attn.project_kv(fused, cos, sin))
-        cache.advance(fused.shape[1])
+            cache.append(idx, *layer.self_attn.project_kv(fused, cos, sin), positions=at)
+        if start is None:
+            cache.advance(n)
 
     def block_embeddings(self, anchor_ids: torch.Tensor, block_size: int | None = None) -> torch.Tensor:
         """[embed(anchor), mask, ..., mask] for each anchor: (batch, block_size, d)."""
@@ -401,8 +428,16 @@ class DSparkDrafter(DSparkPreTrainedModel):
         """Called by the patched `GenerationMixin._get_candidate_generator` when this drafter is the assistant."""
         return DSparkCandidateGenerator(drafter=self.bind(target), target=target, **kwargs)
 
-    def new_context_cache(self) -> DSparkContextCache:
-        return DSparkContextCache(len(self.layers))
+    def new_context_cache(self, capacity: int | None = None) -> DSparkContextCache:
+        """An empty context cache; with `capacity`, its storage for that many positions is allocated now."""
+        cache = DSparkContextCache(len(self.layers))
+        if capacity:
+            c = self.config
+            shape = (1, c.num_key_value_heads, capacity, c.head_dim)
+            for idx in range(len(self.layers)):
+                cache.keys[idx] = torch.zeros(shape, dtype=self.dtype, device=self.device)
+                cache.values[idx] = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        return cache
 
 
 def embedding_fingerprint(target: PreTrainedModel) -> list[float]:
