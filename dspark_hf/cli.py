@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--gating", type=gating_spec, default=None, help=GATING_HELP)
     gen.add_argument("--compare", action="store_true", help="also run plain generate() and report the speed-up")
     gen.add_argument("--prompt-lookup-tokens", type=int, default=0,
-                     help="N > 0: prompt lookup beside the drafter (prompt_lookup_num_tokens=N), e.g. 10")  # fmt: skip
+                     help="N > 0: prompt lookup beside the drafter (prompt_lookup_num_tokens=N), e.g. 16")  # fmt: skip
     gen.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)")
     gen.add_argument("--dtype", default=None, help="float32 (default), bfloat16 ...")
@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--drafter", default=None, help=DRAFTER_HELP)
     bench.add_argument("--dflash-drafter", default=None,
                        help="the DFlash ablation (default: the shipped one; 'untrained' leaves it out)")  # fmt: skip
-    bench.add_argument("--prompt-lookup-tokens", type=int, default=10,
+    bench.add_argument("--prompt-lookup-tokens", type=int, default=16,
                        help="prompt_lookup_num_tokens of the prompt_lookup and dspark_lookup rows")  # fmt: skip
     bench.add_argument("--target", default=None, help=TARGET_HELP)
     bench.add_argument("--out", default=None, help="write OUT.json, OUT.md (table) and OUT.png (plot)")

@@ -28,7 +28,7 @@ from dspark_hf.targets import encode_prompt
 
 MAX_PROMPT_CHARS = 4000
 MAX_NEW_TOKENS = 512
-LOOKUP_TOKENS = 10  # prompt_lookup_num_tokens beside the drafter when the box is ticked (what `dspark bench` runs)
+LOOKUP_TOKENS = 16  # prompt_lookup_num_tokens beside the drafter when the box is ticked (what `dspark bench` runs)
 EVAL_DIR = Path(os.environ.get("DSPARK_EVAL_DIR", Path(__file__).resolve().parents[1].parent / "shared/data/eval"))
 FALLBACK_EXAMPLES = {
     "math": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "

@@ -167,6 +167,43 @@ def test_scheduler_follows_the_cost_shape():
     assert PrefixScheduler([25.0, 25.0], draft_s=0.0)([0.9, 0.8, 0.7]) == 1  # never beyond the profile
 
 
+def test_greedy_look_ahead_takes_the_best_length_past_a_cost_step():
+    """A 2-core CPU's costs: one token 63 ms, 2-8 tokens ~97-103 ms. The convex envelope spreads that step over every
+    length (5.6 ms a token), so the stopping rule judges each draft by a cost it does not have; for greedy decoding
+    (any L is lossless) look-ahead takes the length with the best rate over the measured costs."""
+    step = [63.5, 97.2, 97.2, 97.2, 97.2, 97.2, 102.9, 102.9]
+    probs = [0.5, 0.4, 0.3, 0.2, 0.12, 0.06, 0.03]
+    assert PrefixScheduler(step, draft_s=10.0)(probs) == 4  # the fifth draft "costs" 5.6 ms on the envelope: stop
+    ahead = PrefixScheduler(step, draft_s=10.0, look_ahead=True)
+    rates = [(1 + sum(probs[:n])) / (10.0 + step[n]) for n in range(8)]
+    assert ahead(probs) == rates.index(max(rates)) == 5
+    rng = random.Random(3)
+    for _ in range(300):  # always the best length on the measured (isotonic) costs, whatever their shape
+        gamma = rng.randint(1, 9)
+        probs, costs, draft = random_prefix_probs(rng, gamma), random_costs(rng, gamma + 1, False), rng.uniform(0, 20)
+        rates = [(1 + sum(probs[:n])) / (draft + costs[n]) for n in range(gamma + 1)]
+        assert rates[PrefixScheduler(costs, draft, look_ahead=True)(probs)] == pytest.approx(max(rates))
+
+
+def test_generate_looks_ahead_only_when_greedy(tmp_path, monkeypatch):
+    from transformers import GenerationConfig
+
+    from dspark_hf.generation import DSparkCandidateGenerator
+
+    monkeypatch.setenv("DSPARK_HF_CACHE", str(tmp_path))
+    target = tiny_target(seed=1, sharp=4.0)
+    drafter = DSparkDrafter.from_target(target).bind(target)
+    for do_sample in (False, True):
+        config = GenerationConfig(max_length=64, do_sample=do_sample)
+        generator = DSparkCandidateGenerator(drafter, target, config, gating="scheduler")
+        assert isinstance(generator.gating, PrefixScheduler) and generator.gating.look_ahead is not do_sample
+    prompt = torch.randint(0, 32, (1, 6), generator=torch.Generator().manual_seed(1))
+    drafter = primed_drafter(target, prompt)
+    step = PrefixScheduler([1.0, 1.6, 1.6, 1.6, 1.6, 1.6, 1.7, 1.7], draft_s=0.0, look_ahead=True)
+    assert_same_greedy(target, drafter, prompt, max_new_tokens=40, gating=step)
+    assert max(drafter.stats.verified_per_round) > 1
+
+
 def test_scheduler_stops_drafting_that_does_not_pay_and_looks_again():
     """Drafting that costs as much as a forward and gains little is slower than plain decoding: the scheduler skips
     it for 1, 2, 4 ... (at most max_idle_rounds) rounds, drafting once in between to look again."""

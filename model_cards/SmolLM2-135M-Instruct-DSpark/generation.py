@@ -9,9 +9,12 @@ One round, all in `DSparkCandidateGenerator.get_candidates`:
      Triton launch on CUDA for greedy, temperature, top-k and top-p; a PyTorch loop elsewhere or for other processors);
   4. cut at EOS and at the length budget, let the gating policy choose the prefix L, hand L drafts (with the exact
      logits they were sampled from) to Transformers, whose loop verifies them with one target forward.
+On a GPU, steps 1-3 replay two CUDA graphs captured when the call starts (`cuda_graphs.py`): the same computation on
+a context cache allocated for the whole call, without ~150 kernel launches per round.
 With `prompt_lookup_num_tokens=N` as well (Transformers' own prompt-lookup knob), a round whose recent tokens occurred
 earlier in the sequence verifies up to N tokens of what followed there instead (`lookup_continuation`, guided by the
-drafter's first token); the target verifies those deterministic drafts by exact matching, so this is lossless too.
+drafter's first token; under the scheduler cut to the length that pays, from how earlier lookups fared); the target
+verifies those deterministic drafts by exact matching, so this is lossless too.
 
 Self-contained on purpose: this file travels with every checkpoint as Hub remote code.
 """
@@ -195,7 +198,10 @@ class DSparkCandidateGenerator(CandidateGenerator):
         gating = gating or drafter.gating or cfg.gating
         if isinstance(gating, str):
             longest = max(self.block_size, self.lookup_tokens) + 1  # the longest forward a round can ask for
-            gating = make_gating(gating, cfg.confidence_threshold, target=target, drafter=drafter, max_tokens=longest)
+            gating = make_gating(
+                gating, cfg.confidence_threshold, target=target, drafter=drafter, max_tokens=longest,
+                look_ahead=not self.do_sample,  # greedy: any L is lossless, so the scheduler may look past a step
+            )  # fmt: skip
         self.gating = gating
         self.should_draft = getattr(gating, "should_draft", None)  # a policy may skip drafting that does not pay
         # a cost-aware policy also sizes lookup continuations (the others verify all that was found)

@@ -295,18 +295,28 @@ class PrefixScheduler:
     choice that looked further ahead would make verifying k depend on the token drafted at k, which biases
     speculative sampling away from the target's distribution (tests/test_sampling_distribution.py measures that).
 
+    Greedy decoding has no such constraint: drafts are argmax tokens, verified by matching, so any L is lossless. With
+    `look_ahead=True` (what `generate()` sets when it does not sample) L is the best length over all of them, on the
+    measured costs themselves. That matters where they are a step rather than convex — on a 2-core CPU a forward of 2
+    tokens costs ~1.5 times one of 1 token and a forward of 8 not much more than one of 2: the envelope spreads that
+    step over every length, so the stopping rule judges each draft by a cost it does not have.
+
     Drafting must also pay for itself: when even the best L is expected to yield fewer tokens per second than plain
     decoding (one token per `verify_s[0]`), as with a weak drafter on a device where drafting is dear, the generator
     asks `should_draft()` and skips drafting for the next 1, 2, 4 ... `max_idle_rounds` rounds (plain one-token steps),
     then drafts again to look; a round that pays resets the wait.
     """
 
-    def __init__(self, verify_s: Sequence[float], draft_s: float, max_idle_rounds: int = 32):
+    def __init__(
+        self, verify_s: Sequence[float], draft_s: float, max_idle_rounds: int = 32, look_ahead: bool = False
+    ):
         if not verify_s:
             raise ValueError("verify_s needs the cost of at least a one-token forward")
         if max_idle_rounds < 0:
             raise ValueError(f"max_idle_rounds must be >= 0, got {max_idle_rounds}")
         self.verify_s = convex_envelope(verify_s)
+        self.measured = isotonic(verify_s)  # what look-ahead optimises over (more tokens never cost less)
+        self.look_ahead = look_ahead
         self.draft_s = float(draft_s)
         self.max_idle_rounds = max_idle_rounds
         self._idle = 0  # rounds left to skip
@@ -314,23 +324,26 @@ class PrefixScheduler:
 
     @classmethod
     def for_models(
-        cls, target: PreTrainedModel, drafter: DSparkDrafter, max_tokens: int | None = None
+        cls, target: PreTrainedModel, drafter: DSparkDrafter, max_tokens: int | None = None, look_ahead: bool = False
     ) -> PrefixScheduler:
         """The scheduler for this drafter on this target, from the cached profile (measured on first use), with
         verification costs up to `max_tokens` new tokens (default: the drafter's block + 1)."""
         profile = load_profile(target, drafter, max_tokens=max_tokens)
-        return cls(profile.verify_s[1], profile.draft_s[drafter_signature(drafter)])
+        return cls(profile.verify_s[1], profile.draft_s[drafter_signature(drafter)], look_ahead=look_ahead)
 
     def best_length(self, prefix_probs: Sequence[float]) -> tuple[int, float]:
-        """(L, its expected tokens per second): the stopping rule of the class docstring, with no side effects.
-        Also sizes prompt-lookup continuations, whose survival the generator estimates from earlier rounds."""
-        best, best_rate, gain = 0, 1.0 / (self.draft_s + self.verify_s[0]), 1.0
-        for length, a in enumerate(prefix_probs[: len(self.verify_s) - 1], start=1):
+        """(L, its expected tokens per second), with no side effects: the stopping rule of the class docstring, or
+        with `look_ahead` the best L overall. Also sizes prompt-lookup continuations, whose survival the generator
+        estimates from earlier rounds."""
+        costs = self.measured if self.look_ahead else self.verify_s
+        best, best_rate, gain = 0, 1.0 / (self.draft_s + costs[0]), 1.0
+        for length, a in enumerate(prefix_probs[: len(costs) - 1], start=1):
             gain += a
-            rate = gain / (self.draft_s + self.verify_s[length])
-            if rate <= best_rate:  # stop here, whatever later positions might bring (see the class docstring)
+            rate = gain / (self.draft_s + costs[length])
+            if rate > best_rate:
+                best, best_rate = length, rate
+            elif not self.look_ahead:  # stop here, whatever later positions might bring (see the class docstring)
                 break
-            best, best_rate = length, rate
         return best, best_rate
 
     def __call__(self, prefix_probs: Sequence[float]) -> int:
