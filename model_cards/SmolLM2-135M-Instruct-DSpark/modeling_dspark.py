@@ -327,10 +327,10 @@ class DSparkDrafter(DSparkPreTrainedModel):
         return self.fuse_features(self.context_features(target_hidden_states, length))
 
     def context_features(
-        self, target_hidden_states: tuple[torch.Tensor, ...], length: int | None = None, out: torch.Tensor | None = None
+        self, target_hidden_states: tuple[torch.Tensor, ...], length: int | None = None
     ) -> torch.Tensor:
         """The chosen target layers side by side (first `length` positions): (batch, length, layers · d)."""
-        return torch.cat([target_hidden_states[i][:, :length] for i in self.config.target_layer_ids], -1, out=out)
+        return torch.cat([target_hidden_states[i][:, :length] for i in self.config.target_layer_ids], dim=-1)
 
     def fuse_features(self, features: torch.Tensor) -> torch.Tensor:
         return self.context_norm(self.fc(features.to(self.dtype)))
