@@ -307,9 +307,7 @@ class PrefixScheduler:
     then drafts again to look; a round that pays resets the wait.
     """
 
-    def __init__(
-        self, verify_s: Sequence[float], draft_s: float, max_idle_rounds: int = 32, look_ahead: bool = False
-    ):
+    def __init__(self, verify_s: Sequence[float], draft_s: float, max_idle_rounds: int = 32, look_ahead: bool = False):
         if not verify_s:
             raise ValueError("verify_s needs the cost of at least a one-token forward")
         if max_idle_rounds < 0:
