@@ -68,7 +68,7 @@ def chi_square(counts: dict, expected_probs: dict, total: int) -> tuple[float, f
     ids=["markov-off", "markov-on", "markov-on-temperature-topk", "draft-vocabulary"],
 )
 def test_speculative_sampling_matches_target_distribution(markov_rank, warp):
-    check_sampling(markov_rank, warp)
+    check_sampling(markov_rank, warp, layers=2)  # the rejection sampling alone: a 2-layer target runs 2 000 calls fast
 
 
 @pytest.mark.parametrize(
@@ -85,11 +85,11 @@ def test_speculative_sampling_matches_target_distribution(markov_rank, warp):
     ids=["prompt-lookup", "scheduler", "scheduler-cuts-lookup"],
 )
 def test_sampling_with_lookup_rounds_and_the_scheduler_matches_target_distribution(warp):
-    check_sampling(4, warp)
+    check_sampling(4, warp, layers=6)  # on 2 layers a scheduler that looks ahead no longer shows its bias
 
 
-def check_sampling(markov_rank: int, warp: dict) -> None:
-    target = tiny_target(vocab_size=VOCAB, seed=21, sharp=15.0)
+def check_sampling(markov_rank: int, warp: dict, layers: int) -> None:
+    target = tiny_target(vocab_size=VOCAB, seed=21, sharp=15.0, num_hidden_layers=layers)
     drafter = DSparkDrafter.from_target(target, block_size=3, markov_rank=markov_rank)
     torch.manual_seed(warp.get("seed", 5))
     with torch.no_grad():  # a drafter that disagrees with the target, so rejections and resampling happen
