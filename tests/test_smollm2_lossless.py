@@ -18,7 +18,7 @@ from dspark_hf.targets import encode_prompt
 pytestmark = pytest.mark.slow  # the first two tests run again on transformers 5.17 (`compat`)
 
 NEW_TOKENS = 40
-PROMPTS = {name: eval_prompts(name, 6) for name in ("gsm8k", "humaneval", "mt-bench")}
+PROMPTS = {name: eval_prompts(name, 5) for name in ("gsm8k", "humaneval", "mt-bench")}
 LONG_PROMPT = "\n\n".join(eval_prompts("gsm8k", 40)[7:]) + "\n\nSolve only the last problem above."
 
 
@@ -40,7 +40,7 @@ def target(request, smollm2):
 
 @pytest.fixture(scope="module")
 def cases(target, request):
-    """(domain, encoded prompt, plain greedy output) for 18 eval prompts and a long one. The compat pass (`-m compat`,
+    """(domain, encoded prompt, plain greedy output) for 15 eval prompts and a long one. The compat pass (`-m compat`,
     the generation tests again on the oldest supported transformers) takes the first two of each set and the long
     one: the same code paths, in a third of the time."""
     model, tokenizer = target
@@ -65,7 +65,7 @@ def drafter(target, cases):
 @pytest.mark.compat
 def test_greedy_token_identical_on_eval_prompts(target, cases, drafter):
     model, tokenizer = target
-    assert len(cases) in (7, 19) and cases[-1][1]["input_ids"].shape[1] > 1000
+    assert len(cases) in (7, 16) and cases[-1][1]["input_ids"].shape[1] > 1000
     rounds = accepted = multi = 0
     for i, (name, inputs, plain) in enumerate(cases):
         gating = ("fixed", "threshold", "scheduler")[i % 3]  # the scheduler: L from this device's measured costs
