@@ -125,6 +125,7 @@ class DSparkStats:
     lookup_per_round: list[bool] = field(default_factory=list)  # which rounds verified a lookup continuation
     draft_time_s: float = 0.0
     total_time_s: float = 0.0
+    loop: str = "transformers"  # whose loop verified: Transformers' or the static one (static_loop.py)
 
     def record(self, drafted: int, verified: int, accepted: int, looked_up: bool) -> None:
         """One round: `drafted` proposed, the first `verified` of them sent to the target, `accepted` kept."""
@@ -162,6 +163,7 @@ class DSparkStats:
             "lookup_per_round": list(self.lookup_per_round),
             "draft_time_s": self.draft_time_s,
             "total_time_s": self.total_time_s,
+            "loop": self.loop,
         }
 
 
@@ -178,6 +180,7 @@ class DSparkCandidateGenerator(CandidateGenerator):
         generation_config: GenerationConfig,
         logits_processor: LogitsProcessorList | None = None,
         gating: GatingPolicy | str | None = None,
+        static_loop: bool = False,
         **_: Any,
     ):
         self.drafter = drafter
@@ -201,6 +204,7 @@ class DSparkCandidateGenerator(CandidateGenerator):
             gating = make_gating(
                 gating, cfg.confidence_threshold, target=target, drafter=drafter, max_tokens=longest,
                 look_ahead=not self.do_sample,  # greedy: any L is lossless, so the scheduler may look past a step
+                static=static_loop,  # the costs of the loop that verifies
             )  # fmt: skip
         self.gating = gating
         self.should_draft = getattr(gating, "should_draft", None)  # a policy may skip drafting that does not pay
@@ -461,6 +465,11 @@ def install_generate_routing() -> None:
         assistant.bind(self)
         previous, assistant.gating = assistant.gating, gating or assistant.gating
         try:
+            from .static_loop import speculative_generate, static_loop_request
+
+            request = static_loop_request(self, args, kwargs)
+            if request is not None:
+                return speculative_generate(self, assistant, *request)
             return original_generate(self, *args, **kwargs)
         finally:
             assistant.gating = previous

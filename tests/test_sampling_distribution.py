@@ -5,6 +5,8 @@ and compared with the empirical one from `generate(..., assistant_model=drafter,
 goodness-of-fit test at significance 1e-3 (cells with expected count < 5 pooled). With max_new_tokens=5 the first
 round drafts and verifies three tokens, so tokens 2 and 3 come out of the accept / reject / resample logic. The same
 statistic must reject a nearby wrong distribution (the target at temperature x1.3), which shows the test has power.
+Cases marked `static-loop` run through the static loop (`static_loop.py`, the default on CUDA) instead of
+Transformers' loop.
 """
 
 from __future__ import annotations
@@ -62,29 +64,31 @@ def chi_square(counts: dict, expected_probs: dict, total: int) -> tuple[float, f
     [
         (0, {}),
         pytest.param(4, {}, marks=pytest.mark.compat),  # Transformers' rejection sampling on 5.17 too; one case
-        (4, {"temperature": 0.8, "top_k": 4}),
+        (4, {"temperature": 0.8, "top_k": 4, "static_loop": True}),  # Transformers' warpers built by our loop
         (4, {"draft_vocab": [0, 2, 3, 5]}),
     ],
-    ids=["markov-off", "markov-on", "markov-on-temperature-topk", "draft-vocabulary"],
+    ids=["markov-off", "markov-on", "markov-on-temperature-topk-static-loop", "draft-vocabulary"],
 )
-def test_speculative_sampling_matches_target_distribution(markov_rank, warp):
+def test_speculative_sampling_matches_target_distribution(monkeypatch, markov_rank, warp):
+    monkeypatch.setenv("DSPARK_STATIC_LOOP", "1" if warp.get("static_loop") else "0")
     check_sampling(markov_rank, warp, layers=2)  # the rejection sampling alone: a 2-layer target runs 2 000 calls fast
 
 
 @pytest.mark.parametrize(
     "warp",
     [
-        {"prompt_lookup_num_tokens": 3},
         # the scheduler with costs under which the best L often hangs on later confidences (so on sampled tokens):
         # it must decide L one position at a time, from what precedes each position only
         # (3000 samples: the bias of a scheduler that looked ahead showed as chi-square 211 against 137 there)
         {"gating": PrefixScheduler([1.0, 1.3, 1.4, 1.5], 0.0), "seed": 7, "confidence_std": 1.0, "samples": 3000},
         # lookup rounds under a scheduler whose costs make it cut a continuation once a lookup draft failed
         {"gating": PrefixScheduler([1.0, 1.6, 2.2, 2.8], 0.0), "prompt_lookup_num_tokens": 3},
+        {"gating": PrefixScheduler([1.0, 1.6, 2.2, 2.8], 0.0), "prompt_lookup_num_tokens": 3, "static_loop": True},
     ],
-    ids=["prompt-lookup", "scheduler", "scheduler-cuts-lookup"],
+    ids=["scheduler", "scheduler-cuts-lookup", "scheduler-cuts-lookup-static-loop"],
 )
-def test_sampling_with_lookup_rounds_and_the_scheduler_matches_target_distribution(warp):
+def test_sampling_with_lookup_rounds_and_the_scheduler_matches_target_distribution(monkeypatch, warp):
+    monkeypatch.setenv("DSPARK_STATIC_LOOP", "1" if warp.get("static_loop") else "0")
     check_sampling(4, warp, layers=6)  # on 2 layers a scheduler that looks ahead no longer shows its bias
 
 
@@ -135,6 +139,7 @@ def check_sampling(markov_rank: int, warp: dict, layers: int) -> None:
         first_lengths.append(drafter.stats.verified_per_round[0])
         looked_up += drafter.stats.lookup_rounds
 
+    assert drafter.stats.loop == ("static" if warp.get("static_loop") else "transformers")
     if lookup:  # rounds that verify looked-up tokens (no q: exact matching against the target's sample) must run
         assert looked_up > samples * 0.08, looked_up
 

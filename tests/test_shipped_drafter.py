@@ -56,6 +56,7 @@ def test_folder_is_a_complete_hub_repo():
         "scheduler.py",
         "markov_kernel.py",
         "cuda_graphs.py",
+        "static_loop.py",
     )
     for name in names:
         assert (FOLDER / name).read_text() == (PACKAGE / name).read_text(), f"{name} differs from dspark_hf/{name}"

@@ -128,3 +128,20 @@ def test_greedy_token_identical_with_prompt_lookup(target, cases, drafter):
         assert spec.tolist() == plain.tolist(), f"{name} prompt {2 * i} ({gating}): {tokenizer.decode(spec[0, -20:])!r}"
         lookup_rounds += drafter.stats.lookup_rounds
     assert lookup_rounds >= 10
+
+
+@pytest.mark.compat
+def test_greedy_token_identical_through_the_other_loop(target, cases, drafter, monkeypatch):
+    """The tests above run the loop `generate()` takes by default: Transformers' on the CPU, the static one
+    (`static_loop.py`, CUDA graphs) on a GPU. Here each device runs the other one, with and without prompt lookup."""
+    model, tokenizer = target
+    other = "transformers" if model.device.type == "cuda" else "static"
+    monkeypatch.setenv("DSPARK_STATIC_LOOP", "0" if other == "transformers" else "1")
+    accepted = 0
+    for i, (name, inputs, plain) in enumerate(cases[::3]):
+        kwargs = dict(gating="scheduler", prompt_lookup_num_tokens=16) if i % 2 else dict(gating="fixed")
+        spec = model.generate(**inputs, assistant_model=drafter, max_new_tokens=NEW_TOKENS, do_sample=False, **kwargs)
+        assert spec.tolist() == plain.tolist(), f"{name} prompt {3 * i} ({kwargs}): {tokenizer.decode(spec[0, -20:])!r}"
+        assert drafter.stats.loop == other
+        accepted += drafter.stats.accepted_tokens
+    assert accepted >= 2 * len(cases[::3])

@@ -95,11 +95,13 @@ def make_gating(
     drafter: DSparkDrafter | None = None,
     max_tokens: int | None = None,
     look_ahead: bool = False,
+    static: bool = False,
 ) -> GatingPolicy:
     """Build a policy from its name, as stored in `DSparkConfig.gating` or given on the CLI. The scheduler needs the
     target and the drafter: it measures (once, cached on disk) what their rounds cost on this device, for forwards
     of up to `max_tokens` new tokens (default: the drafter's block + 1); `look_ahead` (greedy decoding only) lets it
-    pick the best length overall rather than stop at the first that does not pay (`PrefixScheduler`)."""
+    pick the best length overall rather than stop at the first that does not pay (`PrefixScheduler`); `static`: the
+    static loop verifies, at its own costs."""
     name, value = parse_gating(spec)
     if name == "threshold":
         return ConfidenceThreshold(threshold if value is None else value)
@@ -109,4 +111,4 @@ def make_gating(
         raise ValueError("gating 'scheduler' needs the target and the drafter (it measures their costs)")
     from .scheduler import PrefixScheduler
 
-    return PrefixScheduler.for_models(target, drafter, max_tokens, look_ahead)
+    return PrefixScheduler.for_models(target, drafter, max_tokens, look_ahead, static)

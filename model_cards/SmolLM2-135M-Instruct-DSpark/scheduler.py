@@ -10,6 +10,7 @@ Self-contained on purpose: this file travels with every checkpoint as Hub remote
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -142,13 +143,15 @@ def drafter_signature(drafter: DSparkDrafter) -> str:
     return f"{shape}-block{c.block_size}{vocab}-{dtype}"
 
 
-def profile_path(target: PreTrainedModel) -> Path:
-    """One file per (device, target, dtype); the target is named by its config, so any two identical models share."""
+def profile_path(target: PreTrainedModel, static: bool = False) -> Path:
+    """One file per (device, target, dtype, loop); the target is named by its config, so any two identical models
+    share. `static`: the costs of the static loop's forwards (`static_loop.py`; replayed graphs on CUDA)."""
     device, dtype = target.device, str(target.dtype).removeprefix("torch.")
     threads = torch.get_num_threads() if device.type == "cpu" else None
-    identity = json.dumps([device_name(device), threads, target.config.to_json_string(use_diff=False), dtype])
+    identity = [device_name(device), threads, target.config.to_json_string(use_diff=False), dtype]
+    identity = json.dumps([*identity, "static"] if static else identity)
     name = (target.config.name_or_path or target.config.model_type).rstrip("/").split("/")[-1]
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{device.type}-{name}-{dtype}")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{device.type}-{name}-{dtype}{'-static' if static else ''}")
     return cache_dir() / "profiles" / f"{slug}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}.json"
 
 
@@ -177,10 +180,13 @@ def measure_verify(
     context_tokens: int = PROFILE_CONTEXT_TOKENS,
     repeats: int = 7,
     progress: bool = True,
+    static: bool = False,
 ) -> dict[int, list[float]]:
     """Time target forwards of 1..max_tokens new tokens per sequence on a prefilled cache, as verification runs them
-    (hidden states out, cache rolled back after each)."""
+    (hidden states out, cache rolled back after each); `static`: as the static loop runs them (batch 1 only)."""
     from transformers import DynamicCache
+
+    from .static_loop import StaticTarget
 
     device = target.device
     vocab = target.get_output_embeddings().weight.shape[0]
@@ -192,17 +198,24 @@ def measure_verify(
     for batch in batch_sizes:
         ids = torch.randint(vocab, (batch, context_tokens + max_tokens), generator=torch.Generator().manual_seed(0))
         ids = ids.to(device)
-        cache = DynamicCache(config=target.config)
-        target(ids[:, :context_tokens], use_cache=True, **{cache_kw: cache})
+        if static:
+            if batch != 1:
+                raise ValueError("the static loop runs batch size 1 only")
+            on_static = StaticTarget.for_target(target, context_tokens + max_tokens)
+            on_static.forward(ids[:, :context_tokens], 0)
+            verify = functools.partial(on_static.forward, start=context_tokens)
+        else:
+            cache = DynamicCache(config=target.config)
+            target(ids[:, :context_tokens], use_cache=True, **{cache_kw: cache})
+
+            def verify(new: torch.Tensor, cache: DynamicCache = cache) -> None:
+                target(new, use_cache=True, output_hidden_states=True, **{cache_kw: cache})
+                cache.crop(-new.shape[1])
+
         row = []
         for tokens in range(1, max_tokens + 1):
-
-            def verify(tokens: int = tokens, ids: torch.Tensor = ids, cache: DynamicCache = cache) -> None:
-                new = ids[:, context_tokens : context_tokens + tokens]
-                target(new, use_cache=True, output_hidden_states=True, **{cache_kw: cache})
-                cache.crop(-tokens)
-
-            row.append(_median_seconds(verify, device, repeats))
+            new = ids[:, context_tokens : context_tokens + tokens]
+            row.append(_median_seconds(functools.partial(verify, new), device, repeats))
             bar.update(1)
         costs[batch] = isotonic(row)
     bar.close()
@@ -245,10 +258,12 @@ def load_profile(
     max_tokens: int | None = None,
     refresh: bool = False,
     progress: bool = True,
+    static: bool = False,
 ) -> CostProfile:
     """The cached profile for this (device, target, dtype), measuring and saving whatever it lacks: the batch sizes,
-    up to `max_tokens` tokens per sequence (default: the drafter's block + 1), and the drafter's round."""
-    path = profile_path(target)
+    up to `max_tokens` tokens per sequence (default: the drafter's block + 1), and the drafter's round. `static`: the
+    static loop's costs (batch 1), kept in a file of their own."""
+    path = profile_path(target, static)
     max_tokens = max_tokens or (drafter.config.block_size + 1 if drafter is not None else 8)
     profile = None
     if path.exists() and not refresh:
@@ -270,7 +285,7 @@ def load_profile(
         print(f"[dspark] measuring costs on {profile.device} once; cached at {path}", file=sys.stderr)
     if missing:
         profile.verify_s.update(
-            measure_verify(target, missing, max_tokens, profile.context_tokens, progress=progress)
+            measure_verify(target, missing, max_tokens, profile.context_tokens, progress=progress, static=static)
         )  # fmt: skip
     if signature is not None and signature not in profile.draft_s:
         profile.draft_s[signature] = measure_draft(target, drafter, profile.context_tokens)
@@ -322,11 +337,17 @@ class PrefixScheduler:
 
     @classmethod
     def for_models(
-        cls, target: PreTrainedModel, drafter: DSparkDrafter, max_tokens: int | None = None, look_ahead: bool = False
+        cls,
+        target: PreTrainedModel,
+        drafter: DSparkDrafter,
+        max_tokens: int | None = None,
+        look_ahead: bool = False,
+        static: bool = False,
     ) -> PrefixScheduler:
         """The scheduler for this drafter on this target, from the cached profile (measured on first use), with
-        verification costs up to `max_tokens` new tokens (default: the drafter's block + 1)."""
-        profile = load_profile(target, drafter, max_tokens=max_tokens)
+        verification costs up to `max_tokens` new tokens (default: the drafter's block + 1), those of the static loop
+        when it verifies (`static`)."""
+        profile = load_profile(target, drafter, max_tokens=max_tokens, static=static)
         return cls(profile.verify_s[1], profile.draft_s[drafter_signature(drafter)], look_ahead=look_ahead)
 
     def best_length(self, prefix_probs: Sequence[float]) -> tuple[int, float]:
