@@ -34,7 +34,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from .generation import CUDA_GRAPHS_ENV, DSparkCandidateGenerator
+from .generation import CUDA_GRAPHS_ENV, DSparkCandidateGenerator, cut_at_eos
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -65,7 +65,8 @@ class StaticTarget:
 
     def __init__(self, target: PreTrainedModel, capacity: int, capture: bool):
         self.target, self.capacity, self.capture = target, capacity, capture
-        device = target.device
+        device = self.device = target.device
+        self.dtype = target.dtype  # a target moved or cast since needs a new cache (and graphs on its new weights)
         self.cache = StaticCache(config=target.config, max_cache_len=capacity)
         # the cache keyword was renamed `past_key_values` -> `cache` after transformers 5.17
         self.cache_kw = "cache" if "cache" in inspect.signature(target.forward).parameters else "past_key_values"
@@ -80,7 +81,7 @@ class StaticTarget:
         """The target's static cache (and graphs) if it holds `length` tokens, else a new, larger one."""
         capture = target.device.type == "cuda"
         kept = getattr(target, "_dspark_static_target", None)
-        if kept is None or kept.capacity < length or kept.capture != capture:
+        if kept is None or kept.capacity < length or (kept.device, kept.dtype) != (target.device, target.dtype):
             kept = cls(target, -(-length // CAPACITY_STEP) * CAPACITY_STEP, capture)
             target._dspark_static_target = kept
         return kept
@@ -167,6 +168,8 @@ def static_loop_request(
     ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
     if config.max_new_tokens is not None:
         config.max_length = ids.shape[1] + config.max_new_tokens
+    if config.max_length <= ids.shape[1]:
+        return None  # nothing to generate: generate() says so its own way
     eos = config.eos_token_id
     eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     pad = config.pad_token_id
@@ -214,7 +217,7 @@ def speculative_generate(
     generator = DSparkCandidateGenerator(drafter, target, config, processors, gating=gating, static_loop=True)
     longest = max(generator.block_size, generator.lookup_tokens) + 1
     static = StaticTarget.for_target(target, config.max_length + longest)
-    eos = config._eos_token_tensor
+    eos = set(config._eos_token_tensor.tolist()) if config._eos_token_tensor is not None else set()
 
     def choose(logits: torch.Tensor) -> torch.Tensor:  # the target's own choice at each row: (rows,)
         if not config.do_sample:
@@ -223,24 +226,22 @@ def speculative_generate(
 
     ids = input_ids
     logits, hidden = static.forward(ids, 0)
-    ids = torch.cat([ids, choose(logits[-1:])[None]], dim=-1)
-    while ids.shape[1] < config.max_length and (eos is None or not torch.isin(ids[0, -1], eos)):
+    new = choose(logits[-1:]).tolist()
+    ids = torch.cat([ids, ids.new_tensor([new])], dim=-1)
+    while ids.shape[1] < config.max_length and new[-1] not in eos:
         candidates, q_logits = generator.get_candidates(ids, model_outputs=SimpleNamespace(hidden_states=hidden))
         drafts = candidates.shape[1] - ids.shape[1]
         logits, hidden = static.forward(candidates[:, -drafts - 1 :], ids.shape[1] - 1)
         if config.do_sample and q_logits is not None:
-            warped = processors(candidates, logits.float())
-            valid = speculative_sampling(candidates[0, -drafts:], q_logits[0], warped)[None]
+            new = speculative_sampling(candidates[0, -drafts:], q_logits[0], processors(candidates, logits.float()))
+            new = new.tolist()
         else:  # drafts kept while they equal the target's own choice, then its choice after the last one kept
-            chosen = choose(logits)
-            kept = int((chosen[:drafts] == candidates[0, -drafts:]).long().cumprod(0).sum()) if drafts else 0
-            valid = chosen[None, : kept + 1]
-        valid = valid[:, : config.max_length - ids.shape[1]]
-        if eos is not None:
-            ended = torch.isin(valid[0], eos).nonzero()
-            if ended.numel():
-                valid = valid[:, : int(ended[0]) + 1]
-        ids = torch.cat([ids, valid], dim=-1)
-        generator.update_candidate_strategy(ids, logits, valid.shape[1] - 1)
+            both = torch.cat([choose(logits), candidates[0, ids.shape[1] :]]).tolist()  # one copy to the host
+            chosen, drafted = both[: drafts + 1], both[drafts + 1 :]
+            kept = next((k for k, (c, d) in enumerate(zip(chosen[:drafts], drafted, strict=True)) if c != d), drafts)
+            new = chosen[: kept + 1]
+        new = cut_at_eos(new[: config.max_length - ids.shape[1]], eos)
+        ids = torch.cat([ids, ids.new_tensor([new])], dim=-1)
+        generator.update_candidate_strategy(ids, logits, len(new) - 1)
     drafter.stats.loop = "static"
     return ids
