@@ -106,9 +106,9 @@ def test_greedy_token_identical_with_a_draft_vocabulary(target, cases, drafter):
     drafter.set_draft_vocab(written[::2] + list(range(0, model.config.vocab_size, 50)))
     try:
         accepted = 0
-        for i, (name, inputs, plain) in enumerate(cases[::3]):
+        for i, (name, inputs, plain) in enumerate(cases[::5]):
             spec = model.generate(**inputs, assistant_model=drafter, max_new_tokens=NEW_TOKENS, do_sample=False)
-            assert spec.tolist() == plain.tolist(), f"{name} prompt {3 * i}: {tokenizer.decode(spec[0, -20:])!r}"
+            assert spec.tolist() == plain.tolist(), f"{name} prompt {5 * i}: {tokenizer.decode(spec[0, -20:])!r}"
             accepted += drafter.stats.accepted_tokens
         assert accepted > 0
     finally:
@@ -138,10 +138,10 @@ def test_greedy_token_identical_through_the_other_loop(target, cases, drafter, m
     other = "transformers" if model.device.type == "cuda" else "static"
     monkeypatch.setenv("DSPARK_STATIC_LOOP", "0" if other == "transformers" else "1")
     accepted = 0
-    for i, (name, inputs, plain) in enumerate(cases[::3]):
+    for i, (name, inputs, plain) in enumerate(cases[::5]):
         kwargs = dict(gating="scheduler", prompt_lookup_num_tokens=16) if i % 2 else dict(gating="fixed")
         spec = model.generate(**inputs, assistant_model=drafter, max_new_tokens=NEW_TOKENS, do_sample=False, **kwargs)
-        assert spec.tolist() == plain.tolist(), f"{name} prompt {3 * i} ({kwargs}): {tokenizer.decode(spec[0, -20:])!r}"
+        assert spec.tolist() == plain.tolist(), f"{name} prompt {5 * i} ({kwargs}): {tokenizer.decode(spec[0, -20:])!r}"
         assert drafter.stats.loop == other
         accepted += drafter.stats.accepted_tokens
-    assert accepted >= 2 * len(cases[::3])
+    assert accepted >= 2 * len(cases[::5])
