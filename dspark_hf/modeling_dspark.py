@@ -28,6 +28,7 @@ from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 
 from .configuration_dspark import DSparkConfig, check_draft_vocab
+from .cpu_linears import linear
 from .gating import GatingPolicy
 from .generation import DSparkCandidateGenerator, DSparkStats, install_generate_routing
 
@@ -408,7 +409,7 @@ class DSparkDrafter(DSparkPreTrainedModel):
         if self.config.draft_vocab is None or not restrict:
             return self.lm_head(hidden), self.markov_weights()[1], None
         ids, weight, bias, w2 = self._draft_vocab_rows()
-        return F.linear(hidden, weight, bias), w2, ids
+        return linear(hidden, weight, bias), w2, ids  # oneDNN on a CPU: ~4× MKL at a block's few rows
 
     def _draft_vocab_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(ids, LM-head rows, LM-head bias rows, W2 rows), gathered once and reused while the weights are the same

@@ -14,9 +14,11 @@ from conftest import EVAL_DIR
 
 from dspark_hf import DSparkDrafter
 from dspark_hf.cli import main
+from dspark_hf.cpu_linears import onednn_available
 from dspark_hf.drafters import DEFAULT_DRAFTER, MODEL_CARDS
 
 pytestmark = pytest.mark.slow
+ONEDNN = ["plain_onednn"] if onednn_available() else []  # on a CPU: plain generate() with DSpark's linear layers
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +44,9 @@ def test_bench_json_markdown_and_plot(tmp_path, capsys, markov_off):
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     methods = report["methods"]
-    assert list(methods) == ["plain", "prompt_lookup", "dflash_ablation", "dspark", "dspark_lookup"]
+    assert list(methods) == ["plain", *ONEDNN, "prompt_lookup", "dflash_ablation", "dspark", "dspark_lookup"]
     assert methods["plain"]["speedup"] == 1.0 and methods["plain"]["tau"] == 1.0
+    assert all(methods[name]["tau"] == 1.0 for name in ONEDNN)
     for name, m in methods.items():
         assert m["identical"] is True, name  # greedy: every method gives plain's tokens
         assert len(m["tok_s_per_pass"]) == 2 and m["tok_s"] > 0
@@ -60,6 +63,7 @@ def test_bench_json_markdown_and_plot(tmp_path, capsys, markov_off):
         "dflash_ablation": str(markov_off),
     }
     assert {"device", "torch", "transformers", "date", "command"} <= set(report)
+    assert report["cpu_linears"] == ("oneDNN" if ONEDNN else "PyTorch default")
 
     saved = json.loads(out.with_name("gsm8k.json").read_text())
     assert saved["methods"]["dspark"]["tok_s"] == methods["dspark"]["tok_s"]
@@ -74,7 +78,7 @@ def test_bench_sampling_reports_no_identity_and_leaves_out_a_missing_ablation(ca
     assert main(args) == 0
     captured = capsys.readouterr()
     report = json.loads(captured.out.strip().splitlines()[-1])
-    assert list(report["methods"]) == ["plain", "prompt_lookup", "dspark", "dspark_lookup"]
+    assert list(report["methods"]) == ["plain", *ONEDNN, "prompt_lookup", "dspark", "dspark_lookup"]
     assert "dflash_ablation: no trained drafter" in captured.err
     assert all(m["identical"] is None for m in report["methods"].values())
 

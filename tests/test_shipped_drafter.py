@@ -57,6 +57,7 @@ def test_folder_is_a_complete_hub_repo():
         "markov_kernel.py",
         "cuda_graphs.py",
         "static_loop.py",
+        "cpu_linears.py",
     )
     for name in names:
         assert (FOLDER / name).read_text() == (PACKAGE / name).read_text(), f"{name} differs from dspark_hf/{name}"

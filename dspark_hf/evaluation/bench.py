@@ -1,7 +1,8 @@
 """Speed against peers in one process, on the same prompts: plain `generate()`, Transformers' prompt lookup, the
 DFlash ablation (no Markov head, CE-trained, same generator) and DSpark — under its default gating, with prompt lookup
 beside it (`dspark_lookup`: `prompt_lookup_num_tokens` and the drafter in one call) and, for the gating comparison,
-under any other gating policies (`dspark_<gating>` rows).
+under any other gating policies (`dspark_<gating>` rows). On a CPU, `plain_onednn` is plain `generate()` with the
+linear layers computed as DSpark's generation computes them there (`cpu_linears.py`): what the kernel alone is worth.
 
 Each method is warmed up first; then every prompt runs through every method (the order rotates per repeat, so no
 method always follows the same one), the whole pass is repeated, and a method's figures are medians over passes.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
@@ -18,9 +20,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..cpu_linears import onednn_linears, uses_onednn
 from ..targets import encode_prompt, sampling_kwargs, synchronize, timed_generate
-
-METHODS = ("plain", "prompt_lookup", "dflash_ablation", "dspark", "dspark_lookup")
 
 
 @dataclass
@@ -38,14 +39,19 @@ class MethodRuns:
 
 
 def method_kwargs(
-    drafters: dict[str, Any], prompt_lookup_tokens: int, gatings: Sequence[str] = (), only: Sequence[str] | None = None
+    drafters: dict[str, Any],
+    prompt_lookup_tokens: int,
+    gatings: Sequence[str] = (),
+    only: Sequence[str] | None = None,
+    cpu_onednn: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """generate() keywords per method; a drafter method without a drafter is left out. `gatings` adds one
-    `dspark_<gating>` row per policy; `only` keeps those methods (plain, the baseline, always stays)."""
-    methods: dict[str, dict[str, Any]] = {
-        "plain": {},
-        "prompt_lookup": {"prompt_lookup_num_tokens": prompt_lookup_tokens},
-    }
+    `dspark_<gating>` row per policy; `only` keeps those methods (plain, the baseline, always stays); `cpu_onednn`
+    adds the `plain_onednn` row (run inside `onednn_linears`, see `method_context`)."""
+    methods: dict[str, dict[str, Any]] = {"plain": {}}
+    if cpu_onednn:
+        methods["plain_onednn"] = {}
+    methods["prompt_lookup"] = {"prompt_lookup_num_tokens": prompt_lookup_tokens}
     if drafters.get("dflash_ablation") is not None:  # its confidence head is untrained: verify every draft
         methods["dflash_ablation"] = {"assistant_model": drafters["dflash_ablation"], "gating": "fixed"}
     if drafters.get("dspark") is not None:  # the drafter's own default gating, then each one asked for
@@ -62,6 +68,11 @@ def method_kwargs(
             raise ValueError(f"unknown or unavailable methods {sorted(unknown)}; available: {sorted(methods)}")
         methods = {name: kwargs for name, kwargs in methods.items() if name == "plain" or name in only}
     return methods
+
+
+def method_context(target, name: str) -> AbstractContextManager:
+    """`plain_onednn` runs plain generate() with the target's linear layers routed as in DSpark's generation."""
+    return onednn_linears(target) if name == "plain_onednn" else nullcontext()
 
 
 @torch.no_grad()
@@ -87,14 +98,16 @@ def benchmark(
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
     common = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling_kwargs(temperature))
-    methods = method_kwargs(drafters, prompt_lookup_tokens, gatings, only)
+    cpu_onednn = target.device.type == "cpu" and uses_onednn(target)
+    methods = method_kwargs(drafters, prompt_lookup_tokens, gatings, only, cpu_onednn)
     encoded = [encode_prompt(tokenizer, p, target.device) for p in prompts]
     forwards = [0]
     hook = target.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
     runs = {name: MethodRuns() for name in methods}
     try:
-        for kwargs in methods.values():  # warm-up: allocator, kernels, lazy inits
-            target.generate(**encoded[0], **dict(common, max_new_tokens=min(16, max_new_tokens)), **kwargs)
+        for name, kwargs in methods.items():  # warm-up: allocator, kernels, lazy inits
+            with method_context(target, name):
+                target.generate(**encoded[0], **dict(common, max_new_tokens=min(16, max_new_tokens)), **kwargs)
         names = list(methods)
         bar = tqdm(total=repeats * len(prompts) * len(names), desc="benchmarking", unit="run")
         for rep in range(repeats):
@@ -105,7 +118,8 @@ def benchmark(
             for i, inputs in enumerate(encoded):
                 for name in order:
                     forwards[0] = 0
-                    out, elapsed = timed_generate(target, inputs, seed + i, **common, **methods[name])
+                    with method_context(target, name):
+                        out, elapsed = timed_generate(target, inputs, seed + i, **common, **methods[name])
                     new = out.tolist()
                     run = runs[name]
                     run.tokens[-1] += len(new)
@@ -125,7 +139,8 @@ def benchmark(
         hook.remove()
     report = _summarize(runs, greedy=temperature == 0)
     for name, kwargs in methods.items():
-        profile = profile_method(target, encoded[:profile_prompts], dict(common, **kwargs), seed)
+        with method_context(target, name):
+            profile = profile_method(target, encoded[:profile_prompts], dict(common, **kwargs), seed)
         report["methods"][name]["profile"] = profile
         if "gating" in kwargs:
             report["methods"][name]["gating"] = str(kwargs["gating"])

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import transformers
 
+from ..cpu_linears import onednn_available
 from ..scheduler import device_name
 
 
@@ -29,6 +30,8 @@ def environment(device: torch.device) -> dict[str, Any]:
     return {
         "device": device_name(device),
         "cpu_threads": torch.get_num_threads(),
+        # how DSpark's generation computes fp32 linear layers on a CPU (cpu_linears.py); plain generate() keeps MKL
+        "cpu_linears": ("oneDNN" if onednn_available() else "PyTorch default") if device.type == "cpu" else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -40,7 +43,9 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 def _environment_lines(env: dict[str, Any]) -> list[str]:
     return [
-        f"- device: {env['device']} ({env['cpu_threads']} CPU threads)",
+        f"- device: {env['device']} ({env['cpu_threads']} CPU threads"
+        + (f"; DSpark's linear layers: {env['cpu_linears']}" if env.get("cpu_linears") else "")
+        + ")",
         f"- versions: python {env['python']}, torch {env['torch']}, transformers {env['transformers']}, "
         f"triton {env['triton']}",
         f"- date: {env['date']}",

@@ -34,6 +34,7 @@ import torch
 from transformers.generation.candidate_generator import CandidateGenerator
 from transformers.generation.logits_process import LogitsProcessorList
 
+from .cpu_linears import onednn_linears
 from .cuda_graphs import DraftingGraphs
 from .gating import GatingPolicy, make_gating
 from .markov_kernel import fused_sampling, markov_draft, resolve_backend
@@ -467,10 +468,11 @@ def install_generate_routing() -> None:
         try:
             from .static_loop import speculative_generate, static_loop_request
 
-            request = static_loop_request(self, args, kwargs)
-            if request is not None:
-                return speculative_generate(self, assistant, *request)
-            return original_generate(self, *args, **kwargs)
+            with onednn_linears(self, assistant):  # CPU fp32: cheaper multi-token forwards (cpu_linears.py)
+                request = static_loop_request(self, args, kwargs)
+                if request is not None:
+                    return speculative_generate(self, assistant, *request)
+                return original_generate(self, *args, **kwargs)
         finally:
             assistant.gating = previous
 

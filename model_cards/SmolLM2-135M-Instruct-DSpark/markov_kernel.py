@@ -24,6 +24,8 @@ import os
 
 import torch
 
+from .cpu_linears import linear
+
 try:
     import triton
     import triton.language as tl
@@ -65,7 +67,7 @@ def markov_draft_reference(
     token ids. Only vocabulary-agnostic processors (the warpers) may be given then."""
     d = hidden.shape[-1]
     # float32 views of the weights, made once per round rather than once per position
-    w2_t = w2.float().T if w2 is not None else None
+    w2 = w2.float() if w2 is not None else None
     conf_hidden, conf_markov = conf_weight[:d].float(), conf_weight[d:].float()
     bias = conf_bias.float()[0]
     previous = anchor.view(1)
@@ -76,7 +78,7 @@ def markov_draft_reference(
         w1_row = None
         if w1 is not None:
             w1_row = w1[previous].float()  # (1, r)
-            logits = logits + w1_row @ w2_t
+            logits = logits + linear(w1_row, w2)  # w1_row @ w2.T
         if temperature is not None:
             logits = logits / temperature
         if logits_processor:

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from .cpu_linears import onednn_linears, uses_onednn
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
@@ -149,6 +151,7 @@ def profile_path(target: PreTrainedModel, static: bool = False) -> Path:
     device, dtype = target.device, str(target.dtype).removeprefix("torch.")
     threads = torch.get_num_threads() if device.type == "cpu" else None
     identity = [device_name(device), threads, target.config.to_json_string(use_diff=False), dtype]
+    identity += ["onednn"] if uses_onednn(target) else []  # generation routes its linear layers (cpu_linears.py)
     identity = json.dumps([*identity, "static"] if static else identity)
     name = (target.config.name_or_path or target.config.model_type).rstrip("/").split("/")[-1]
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{device.type}-{name}-{dtype}{'-static' if static else ''}")
@@ -213,10 +216,11 @@ def measure_verify(
                 cache.crop(-new.shape[1])
 
         row = []
-        for tokens in range(1, max_tokens + 1):
-            new = ids[:, context_tokens : context_tokens + tokens]
-            row.append(_median_seconds(functools.partial(verify, new), device, repeats))
-            bar.update(1)
+        with onednn_linears(target):  # as generation runs them
+            for tokens in range(1, max_tokens + 1):
+                new = ids[:, context_tokens : context_tokens + tokens]
+                row.append(_median_seconds(functools.partial(verify, new), device, repeats))
+                bar.update(1)
         costs[batch] = isotonic(row)
     bar.close()
     return costs
@@ -248,7 +252,8 @@ def measure_draft(
         generator.cache.length = steady  # rewind: the same three tokens are appended again each time
         generator.get_candidates(ids, model_outputs=last)
 
-    return _median_seconds(draft, target.device, repeats)
+    with onednn_linears(target, drafter):  # as generation runs it
+        return _median_seconds(draft, target.device, repeats)
 
 
 def load_profile(

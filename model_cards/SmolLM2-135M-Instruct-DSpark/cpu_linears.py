@@ -1,0 +1,86 @@
+"""fp32 linear layers through oneDNN on the CPU while DSpark generates.
+
+A verification forward carries a few tokens, and PyTorch computes a CPU fp32 `nn.Linear` with MKL's GEMM, which is
+far off its one-row speed at 2-16 rows: on a 2-core AMD EPYC a SmolLM2-135M forward of 2 tokens took 1.6× one of 1
+token, of 8 tokens 1.5×. oneDNN's fp32 inner product stays close (1.2×, 1.4×) and is faster at every shape measured
+(1 token to a 160-token prefill; `bench/session14_2026-12-03/`), and a cheaper verification forward is what speculative
+decoding lives on. Both compute in full fp32 (oneDNN's default math mode); only the order of the sums differs, as it
+does between MKL's one-row and many-row kernels, so greedy output stays token-identical (tested on real prompts).
+
+`onednn_linears(*models)` swaps the `forward` of each plain fp32 CPU `nn.Linear` of the models for the oneDNN call
+and restores it on exit, the way Accelerate's hooks swap `forward`; layers whose `forward` is already swapped
+(Accelerate, another caller) and subclasses (quantized layers) are left alone. `DSPARK_ONEDNN=0` turns it off.
+
+Self-contained on purpose: this file travels with every checkpoint as Hub remote code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ONEDNN_ENV = "DSPARK_ONEDNN"  # "0" leaves every linear layer to PyTorch's default
+
+
+def onednn_available() -> bool:
+    """oneDNN's linear op is in this PyTorch build and not turned off by `DSPARK_ONEDNN=0`."""
+    return (
+        os.environ.get(ONEDNN_ENV, "1") != "0"
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` computed by oneDNN's fp32 inner product (CPU tensors)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear`, computed by oneDNN where that is exact and available: fp32 CPU tensors, no autograd graph to
+    build (the oneDNN op has no backward)."""
+    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    if grad or x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return F.linear(x, weight, bias)
+    if not onednn_available():
+        return F.linear(x, weight, bias)
+    return onednn_linear(x, weight, bias)
+
+
+def _swappable(module: nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    return (
+        type(module) is nn.Linear
+        and "forward" not in module.__dict__
+        and weight is not None
+        and weight.device.type == "cpu"
+        and weight.dtype == torch.float32
+    )
+
+
+def _onednn_forward(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return linear(x, module.weight, module.bias)
+
+
+def uses_onednn(model: nn.Module) -> bool:
+    """Whether `onednn_linears` would route this model's linear layers (the cost profile depends on it)."""
+    return onednn_available() and any(_swappable(m) for m in model.modules())
+
+
+@contextmanager
+def onednn_linears(*models: nn.Module) -> Iterator[int]:
+    """Route the models' plain fp32 CPU linear layers through oneDNN inside the block; yields how many it routed."""
+    found = (m for model in models for m in model.modules() if _swappable(m)) if onednn_available() else ()
+    swapped = list(dict.fromkeys(found))  # a layer two models share (a bound drafter's head) once
+    for module in swapped:
+        module.forward = _onednn_forward.__get__(module)  # an instance attribute shadows nn.Linear.forward
+    try:
+        yield len(swapped)
+    finally:
+        for module in swapped:
+            module.__dict__.pop("forward", None)

@@ -1,0 +1,95 @@
+"""oneDNN linear layers on the CPU (`cpu_linears.py`): the op against `F.linear` (its reference), the scoped swap of
+`nn.Linear.forward` and its limits, and that DSpark generation and its cost profile run through it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_target
+from test_generation_tiny import assert_same_greedy, primed_drafter
+from torch import nn
+
+from dspark_hf.cpu_linears import ONEDNN_ENV, onednn_available, onednn_linear, onednn_linears, uses_onednn
+from dspark_hf.scheduler import profile_path
+
+pytestmark = [
+    pytest.mark.compat,
+    pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN (mkldnn) linear op"),
+]
+
+
+def swapped(module: nn.Module) -> bool:
+    return "forward" in module.__dict__
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8, 17, 64])
+@pytest.mark.parametrize("bias", [False, True])
+def test_onednn_linear_matches_f_linear_on_fresh_inputs(rows, bias):
+    gen = torch.Generator().manual_seed(1000 * rows + bias)
+    weight = torch.randn(300, 96, generator=gen)
+    b = torch.randn(300, generator=gen) if bias else None
+    for shape in ((rows, 96), (1, rows, 96), (2, rows, 96)):
+        x = torch.randn(*shape, generator=gen)
+        out = onednn_linear(x, weight, b)
+        assert out.shape == (*shape[:-1], 300) and out.dtype == torch.float32
+        torch.testing.assert_close(out, F.linear(x, weight, b), rtol=1e-5, atol=1e-4)  # fp32, other summation order
+
+
+def test_swap_is_scoped_selective_nested_and_restored_on_error():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4, bias=False), nn.Linear(4, 4).bfloat16())
+    subclass = type("QuantLinear", (nn.Linear,), {})(4, 4)  # a subclass (e.g. a quantized layer) keeps its forward
+    model.append(subclass)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        reference = model[:3](x)
+        with onednn_linears(model) as routed:
+            assert routed == 2 and swapped(model[0]) and swapped(model[2])
+            assert not swapped(model[3]) and not swapped(subclass)  # bf16 and the subclass stay
+            torch.testing.assert_close(model[:3](x), reference, rtol=1e-5, atol=1e-5)
+            with onednn_linears(model) as inner:  # already swapped: the inner block neither swaps nor restores
+                assert inner == 0
+            assert swapped(model[0])
+        assert not any(swapped(m) for m in model)
+        with pytest.raises(RuntimeError, match="boom"), onednn_linears(model):
+            raise RuntimeError("boom")
+        assert not any(swapped(m) for m in model)
+
+
+def test_env_turns_it_off(monkeypatch):
+    model = nn.Linear(8, 8)
+    monkeypatch.setenv(ONEDNN_ENV, "0")
+    assert not onednn_available() and not uses_onednn(model)
+    with onednn_linears(model) as routed:
+        assert routed == 0 and not swapped(model)
+
+
+def test_generation_routes_target_and_drafter_and_profiles_as_it_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSPARK_HF_CACHE", str(tmp_path))
+    target = tiny_target(seed=4, sharp=4.0)
+    prompt = torch.randint(0, 32, (1, 6), generator=torch.Generator().manual_seed(4))
+    drafter = primed_drafter(target, prompt)
+    seen = []
+    hooks = [
+        m.register_forward_pre_hook(lambda m, _: seen.append(swapped(m)))
+        for m in (target.lm_head, target.model.layers[0].mlp.down_proj, drafter.markov_out)
+    ]
+    assert_same_greedy(target, drafter, prompt, max_new_tokens=40, gating="scheduler")
+    assert drafter.stats.tau > 1.5, "drafts must be accepted for verification forwards of several tokens to run"
+    plain_calls = seen.index(True)  # plain generate() ran first (assert_same_greedy): its forwards were not routed
+    assert plain_calls > 0 and not any(seen[:plain_calls]) and all(seen[plain_calls:]), "all of the DSpark call"
+    assert not any(swapped(m) for m in (*target.modules(), *drafter.modules()))  # restored after generate()
+    for hook in hooks:
+        hook.remove()
+    # the cost profile is measured as generation runs, so the two settings keep separate files
+    routed_path = profile_path(target)
+    monkeypatch.setenv(ONEDNN_ENV, "0")
+    assert profile_path(target) != routed_path
+    assert_same_greedy(target, drafter, prompt, max_new_tokens=40, gating="scheduler")
+
+
+def test_a_bf16_target_is_not_routed():
+    target = tiny_target(seed=2).bfloat16()
+    assert not uses_onednn(target)
+    with onednn_linears(target) as routed:
+        assert routed == 0 and not any(swapped(m) for m in target.modules())
