@@ -7,6 +7,7 @@ Importing this package registers the `dspark` model type with the Auto classes a
 from transformers import AutoConfig, AutoModel
 
 from .configuration_dspark import DSparkConfig
+from .cpu_linears import onednn_linears
 from .drafters import DEFAULT_DRAFTER, load_drafter
 from .gating import ConfidenceThreshold, FixedLength, GatingPolicy, make_gating
 from .generation import DSparkCandidateGenerator, DSparkStats
@@ -35,5 +36,6 @@ __all__ = [
     "load_profile",
     "load_target",
     "make_gating",
+    "onednn_linears",
     "schedule_batch",
 ]

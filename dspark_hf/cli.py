@@ -143,7 +143,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     target, tokenizer = load_target(args.target, device=args.device, dtype=args.dtype)
     drafters, labels = {}, {}
     for method, name in (("dspark", args.drafter), ("dflash_ablation", args.dflash_drafter)):
-        if args.methods is not None and not any(m.startswith(method) for m in args.methods):
+        if args.methods is not None and not any(m.startswith(method.split("_")[0]) for m in args.methods):
             continue
         drafter, trained = load_drafter(
             name, target, default=DEFAULT_DFLASH if method == "dflash_ablation" else DEFAULT_DRAFTER
@@ -342,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dflash-drafter", default=None,
                        help="the DFlash ablation (default: the shipped one; 'untrained' leaves it out)")  # fmt: skip
     bench.add_argument("--prompt-lookup-tokens", type=int, default=16,
-                       help="prompt_lookup_num_tokens of the prompt_lookup and dspark_lookup rows")  # fmt: skip
+                       help="prompt_lookup_num_tokens of the *lookup rows")  # fmt: skip
     bench.add_argument("--target", default=None, help=TARGET_HELP)
     bench.add_argument("--out", default=None, help="write OUT.json, OUT.md (table) and OUT.png (plot)")
     bench.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")

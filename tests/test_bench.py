@@ -44,7 +44,8 @@ def test_bench_json_markdown_and_plot(tmp_path, capsys, markov_off):
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     methods = report["methods"]
-    assert list(methods) == ["plain", *ONEDNN, "prompt_lookup", "dflash_ablation", "dspark", "dspark_lookup"]
+    expected = ["plain", *ONEDNN, "prompt_lookup", "dflash_ablation", "dflash_lookup", "dspark", "dspark_lookup"]
+    assert list(methods) == expected
     assert methods["plain"]["speedup"] == 1.0 and methods["plain"]["tau"] == 1.0
     assert all(methods[name]["tau"] == 1.0 for name in ONEDNN)
     for name, m in methods.items():
@@ -57,6 +58,7 @@ def test_bench_json_markdown_and_plot(tmp_path, capsys, markov_off):
     # the trained drafter is accepted: fewer target forwards per token than plain decoding
     assert methods["dspark"]["tau"] > 1.2 and methods["dflash_ablation"]["tau"] >= 1.0
     assert methods["dspark_lookup"]["tau"] > 1.2 and report["prompt_lookup_num_tokens"] == 16
+    assert methods["dflash_lookup"]["gating"] == "fixed" and methods["dflash_lookup"]["tau"] >= 1.0
     assert methods["dspark"]["profile"]["draft_s"] > 0 and methods["plain"]["profile"]["draft_s"] == 0
     assert report["drafters"] == {
         "dspark": str(MODEL_CARDS / "SmolLM2-135M-Instruct-DSpark"),

@@ -10,7 +10,7 @@ from conftest import tiny_target
 from test_generation_tiny import assert_same_greedy, primed_drafter
 from torch import nn
 
-from dspark_hf.cpu_linears import ONEDNN_ENV, onednn_available, onednn_linear, onednn_linears, uses_onednn
+from dspark_hf.cpu_linears import ONEDNN_ENV, linear, onednn_available, onednn_linear, onednn_linears, uses_onednn
 from dspark_hf.scheduler import profile_path
 
 pytestmark = [
@@ -34,6 +34,23 @@ def test_onednn_linear_matches_f_linear_on_fresh_inputs(rows, bias):
         out = onednn_linear(x, weight, b)
         assert out.shape == (*shape[:-1], 300) and out.dtype == torch.float32
         torch.testing.assert_close(out, F.linear(x, weight, b), rtol=1e-5, atol=1e-4)  # fp32, other summation order
+
+
+def test_linear_keeps_autograd_and_other_dtypes_on_the_default_path():
+    """oneDNN's op has no backward: with a graph to build (training), and for non-fp32 inputs, `linear` is F.linear."""
+    layer = nn.Linear(16, 8)
+    x = torch.randn(3, 16)
+    out = linear(x, layer.weight, layer.bias)
+    assert out.grad_fn is not None and "Addmm" in type(out.grad_fn).__name__
+    out.sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.shape == (8, 16)
+    with torch.no_grad():
+        assert linear(x, layer.weight, layer.bias).grad_fn is None
+        half = linear(x.bfloat16(), layer.weight.bfloat16())
+        assert half.dtype == torch.bfloat16
+        torch.testing.assert_close(half, F.linear(x.bfloat16(), layer.weight.bfloat16()))
+    with onednn_linears(layer):  # a swapped layer still trains
+        layer(x).sum().backward()
 
 
 def test_swap_is_scoped_selective_nested_and_restored_on_error():

@@ -1,6 +1,7 @@
 """Speed against peers in one process, on the same prompts: plain `generate()`, Transformers' prompt lookup, the
 DFlash ablation (no Markov head, CE-trained, same generator) and DSpark — under its default gating, with prompt lookup
-beside it (`dspark_lookup`: `prompt_lookup_num_tokens` and the drafter in one call) and, for the gating comparison,
+beside it (`dspark_lookup`: `prompt_lookup_num_tokens` and the drafter in one call; `dflash_lookup` the same for the
+ablation) and, for the gating comparison,
 under any other gating policies (`dspark_<gating>` rows). On a CPU, `plain_onednn` is plain `generate()` with the
 linear layers computed as DSpark's generation computes them there (`cpu_linears.py`): what the kernel alone is worth.
 
@@ -54,6 +55,8 @@ def method_kwargs(
     methods["prompt_lookup"] = {"prompt_lookup_num_tokens": prompt_lookup_tokens}
     if drafters.get("dflash_ablation") is not None:  # its confidence head is untrained: verify every draft
         methods["dflash_ablation"] = {"assistant_model": drafters["dflash_ablation"], "gating": "fixed"}
+        # with prompt lookup beside it too, so that `dspark_lookup` has a like-for-like ablation
+        methods["dflash_lookup"] = dict(methods["dflash_ablation"], prompt_lookup_num_tokens=prompt_lookup_tokens)
     if drafters.get("dspark") is not None:  # the drafter's own default gating, then each one asked for
         drafter = drafters["dspark"]
         default = drafter.gating or drafter.config.gating

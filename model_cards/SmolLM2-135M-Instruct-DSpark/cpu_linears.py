@@ -1,8 +1,8 @@
 """fp32 linear layers through oneDNN on the CPU while DSpark generates.
 
 A verification forward carries a few tokens, and PyTorch computes a CPU fp32 `nn.Linear` with MKL's GEMM, which is
-far off its one-row speed at 2-16 rows: on a 2-core AMD EPYC a SmolLM2-135M forward of 2 tokens took 1.6× one of 1
-token, of 8 tokens 1.5×. oneDNN's fp32 inner product stays close (1.2×, 1.4×) and is faster at every shape measured
+far off its one-row speed at 2-16 rows: on a 2-core AMD EPYC a SmolLM2-135M forward of 2 tokens took 1.7× one of 1
+token, of 8 tokens 1.8×. oneDNN's fp32 inner product stays closer (1.2×, 1.5×) and is faster at every shape measured
 (1 token to a 160-token prefill; `bench/session14_2026-12-03/`), and a cheaper verification forward is what speculative
 decoding lives on. Both compute in full fp32 (oneDNN's default math mode); only the order of the sums differs, as it
 does between MKL's one-row and many-row kernels, so greedy output stays token-identical (tested on real prompts).
