@@ -25,15 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 
 ONEDNN_ENV = "DSPARK_ONEDNN"  # "0" leaves every linear layer to PyTorch's default
+# whether this PyTorch build has oneDNN's linear op: fixed for the process, so looked up once, not per layer call
+_ONEDNN_OP = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def onednn_available() -> bool:
     """oneDNN's linear op is in this PyTorch build and not turned off by `DSPARK_ONEDNN=0`."""
-    return (
-        os.environ.get(ONEDNN_ENV, "1") != "0"
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    )
+    return _ONEDNN_OP and os.environ.get(ONEDNN_ENV, "1") != "0"
 
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -41,15 +39,17 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear`, computed by oneDNN where that is exact and available: fp32 CPU tensors, no autograd graph to
-    build (the oneDNN op has no backward)."""
+def _exact_on_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """fp32 CPU tensors and no autograd graph to build (the oneDNN op has no backward)."""
     grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
-    if grad or x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
-        return F.linear(x, weight, bias)
-    if not onednn_available():
-        return F.linear(x, weight, bias)
-    return onednn_linear(x, weight, bias)
+    return not grad and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear`, computed by oneDNN where that is exact and available."""
+    if _exact_on_onednn(x, weight) and onednn_available():
+        return onednn_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 def _swappable(module: nn.Module) -> bool:
@@ -64,7 +64,10 @@ def _swappable(module: nn.Module) -> bool:
 
 
 def _onednn_forward(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    return linear(x, module.weight, module.bias)
+    # swapped in only where oneDNN was available and the weight fp32 on the CPU: the input is all left to check
+    if _exact_on_onednn(x, module.weight):
+        return onednn_linear(x, module.weight, module.bias)
+    return F.linear(x, module.weight, module.bias)
 
 
 def uses_onednn(model: nn.Module) -> bool:

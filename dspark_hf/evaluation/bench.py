@@ -101,8 +101,7 @@ def benchmark(
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
     common = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling_kwargs(temperature))
-    cpu_onednn = target.device.type == "cpu" and uses_onednn(target)
-    methods = method_kwargs(drafters, prompt_lookup_tokens, gatings, only, cpu_onednn)
+    methods = method_kwargs(drafters, prompt_lookup_tokens, gatings, only, cpu_onednn=uses_onednn(target))
     encoded = [encode_prompt(tokenizer, p, target.device) for p in prompts]
     forwards = [0]
     hook = target.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
