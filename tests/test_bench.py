@@ -10,15 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EVAL_DIR
+from conftest import EVAL_DIR, tiny_target
 
 from dspark_hf import DSparkDrafter
 from dspark_hf.cli import main
 from dspark_hf.cpu_linears import onednn_available
 from dspark_hf.drafters import DEFAULT_DRAFTER, MODEL_CARDS
+from dspark_hf.evaluation.bench import method_context
 
 pytestmark = pytest.mark.slow
-ONEDNN = ["plain_onednn"] if onednn_available() else []  # on a CPU: plain generate() with DSpark's linear layers
+# on a CPU: plain generate() and prompt lookup with DSpark's linear layers
+PLAIN_ONEDNN, LOOKUP_ONEDNN = (["plain_onednn"], ["prompt_lookup_onednn"]) if onednn_available() else ([], [])
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +46,12 @@ def test_bench_json_markdown_and_plot(tmp_path, capsys, markov_off):
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     methods = report["methods"]
-    expected = ["plain", *ONEDNN, "prompt_lookup", "dflash_ablation", "dflash_lookup", "dspark", "dspark_lookup"]
+    expected = ["plain", *PLAIN_ONEDNN, "prompt_lookup", *LOOKUP_ONEDNN, "dflash_ablation", "dflash_lookup", "dspark",
+                "dspark_lookup"]  # fmt: skip
     assert list(methods) == expected
     assert methods["plain"]["speedup"] == 1.0 and methods["plain"]["tau"] == 1.0
-    assert all(methods[name]["tau"] == 1.0 for name in ONEDNN)
+    assert all(methods[name]["tau"] == 1.0 for name in PLAIN_ONEDNN)
+    assert all(methods[name]["tau"] == methods["prompt_lookup"]["tau"] for name in LOOKUP_ONEDNN)  # the same rounds
     for name, m in methods.items():
         assert m["identical"] is True, name  # greedy: every method gives plain's tokens
         assert len(m["tok_s_per_pass"]) == 2 and m["tok_s"] > 0
@@ -65,7 +69,7 @@ def test_bench_json_markdown_and_plot(tmp_path, capsys, markov_off):
         "dflash_ablation": str(markov_off),
     }
     assert {"device", "torch", "transformers", "date", "command"} <= set(report)
-    assert report["cpu_linears"] == ("oneDNN" if ONEDNN else "PyTorch default")
+    assert report["cpu_linears"] == ("oneDNN" if PLAIN_ONEDNN else "PyTorch default")
 
     saved = json.loads(out.with_name("gsm8k.json").read_text())
     assert saved["methods"]["dspark"]["tok_s"] == methods["dspark"]["tok_s"]
@@ -80,9 +84,29 @@ def test_bench_sampling_reports_no_identity_and_leaves_out_a_missing_ablation(ca
     assert main(args) == 0
     captured = capsys.readouterr()
     report = json.loads(captured.out.strip().splitlines()[-1])
-    assert list(report["methods"]) == ["plain", *ONEDNN, "prompt_lookup", "dspark", "dspark_lookup"]
+    assert list(report["methods"]) == [
+        "plain",
+        *PLAIN_ONEDNN,
+        "prompt_lookup",
+        *LOOKUP_ONEDNN,
+        "dspark",
+        "dspark_lookup",
+    ]
     assert "dflash_ablation: no trained drafter" in captured.err
     assert all(m["identical"] is None for m in report["methods"].values())
+
+
+@pytest.mark.skipif(not PLAIN_ONEDNN, reason="this PyTorch build has no oneDNN (mkldnn) linear op")
+def test_onednn_rows_run_on_the_kernel_dspark_uses_and_the_others_do_not():
+    target = tiny_target(seed=0)
+    routed = lambda: any("forward" in m.__dict__ for m in target.modules())  # noqa: E731
+    for name in ("plain", "prompt_lookup", "dspark"):
+        with method_context(target, name):
+            assert not routed(), name
+    for name in (*PLAIN_ONEDNN, *LOOKUP_ONEDNN):
+        with method_context(target, name):
+            assert routed(), name
+        assert not routed()
 
 
 @pytest.mark.parametrize("option", ["--repeats", "--profile-limit"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import time
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ from dspark_hf import (
     make_gating,
     schedule_batch,
 )
-from dspark_hf.scheduler import convex_envelope, drafter_signature, isotonic, profile_path
+from dspark_hf.scheduler import _median_seconds, convex_envelope, drafter_signature, isotonic, profile_path
 
 pytestmark = pytest.mark.compat
 
@@ -62,6 +63,24 @@ def test_isotonic_is_the_closest_nondecreasing_fit():
         fitted = isotonic(values)
         assert all(a <= b + 1e-12 for a, b in itertools.pairwise(fitted))
         assert sum(fitted) == pytest.approx(sum(values))  # pooling keeps the mean
+
+
+def test_costs_are_timed_interleaved_after_a_warm_up_pass():
+    """Each pass times every shape once, so a slow spell on a shared machine (here: the third pass) hits all shapes
+    alike and the medians ignore it, where timing one shape's repeats back to back would pin it on one shape."""
+    calls = []
+
+    def shape(index: int, seconds: float):
+        def run():
+            calls.append(index)
+            slow_spell = 0.1 if len(calls) in range(7, 10) else 0.0
+            time.sleep(seconds + slow_spell)
+
+        return run
+
+    medians = _median_seconds([shape(0, 0.0), shape(1, 0.01), shape(2, 0.02)], torch.device("cpu"), repeats=5)
+    assert calls == [0, 1, 2] * 6  # a warm-up pass, then 5 timed passes
+    assert medians[0] < 0.01 <= medians[1] < 0.02 <= medians[2] < 0.05, medians
 
 
 def test_cost_profile_interpolates_round_trips_and_refuses_what_it_lacks():

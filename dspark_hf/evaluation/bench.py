@@ -2,8 +2,9 @@
 DFlash ablation (no Markov head, CE-trained, same generator) and DSpark — under its default gating, with prompt lookup
 beside it (`dspark_lookup`: `prompt_lookup_num_tokens` and the drafter in one call; `dflash_lookup` the same for the
 ablation) and, for the gating comparison,
-under any other gating policies (`dspark_<gating>` rows). On a CPU, `plain_onednn` is plain `generate()` with the
-linear layers computed as DSpark's generation computes them there (`cpu_linears.py`): what the kernel alone is worth.
+under any other gating policies (`dspark_<gating>` rows). On a CPU, `plain_onednn` and `prompt_lookup_onednn` are
+plain `generate()` and prompt lookup with the linear layers computed as DSpark's generation computes them there
+(`cpu_linears.py`): what the kernel alone is worth, and the peers on the same kernel.
 
 Each method is warmed up first; then every prompt runs through every method (the order rotates per repeat, so no
 method always follows the same one), the whole pass is repeated, and a method's figures are medians over passes.
@@ -48,11 +49,13 @@ def method_kwargs(
 ) -> dict[str, dict[str, Any]]:
     """generate() keywords per method; a drafter method without a drafter is left out. `gatings` adds one
     `dspark_<gating>` row per policy; `only` keeps those methods (plain, the baseline, always stays); `cpu_onednn`
-    adds the `plain_onednn` row (run inside `onednn_linears`, see `method_context`)."""
+    adds the `plain_onednn` and `prompt_lookup_onednn` rows (run inside `onednn_linears`, see `method_context`)."""
     methods: dict[str, dict[str, Any]] = {"plain": {}}
     if cpu_onednn:
         methods["plain_onednn"] = {}
     methods["prompt_lookup"] = {"prompt_lookup_num_tokens": prompt_lookup_tokens}
+    if cpu_onednn:
+        methods["prompt_lookup_onednn"] = dict(methods["prompt_lookup"])
     if drafters.get("dflash_ablation") is not None:  # its confidence head is untrained: verify every draft
         methods["dflash_ablation"] = {"assistant_model": drafters["dflash_ablation"], "gating": "fixed"}
         # with prompt lookup beside it too, so that `dspark_lookup` has a like-for-like ablation
@@ -74,8 +77,8 @@ def method_kwargs(
 
 
 def method_context(target, name: str) -> AbstractContextManager:
-    """`plain_onednn` runs plain generate() with the target's linear layers routed as in DSpark's generation."""
-    return onednn_linears(target) if name == "plain_onednn" else nullcontext()
+    """An `*_onednn` method runs with the target's linear layers routed as in DSpark's generation."""
+    return onednn_linears(target) if name.endswith("_onednn") else nullcontext()
 
 
 @torch.no_grad()

@@ -151,7 +151,7 @@ def profile_path(target: PreTrainedModel, static: bool = False) -> Path:
     device, dtype = target.device, str(target.dtype).removeprefix("torch.")
     threads = torch.get_num_threads() if device.type == "cpu" else None
     identity = [device_name(device), threads, target.config.to_json_string(use_diff=False), dtype]
-    identity += ["onednn"] if uses_onednn(target) else []  # generation routes its linear layers (cpu_linears.py)
+    identity += ["onednn-packed"] if uses_onednn(target) else []  # generation routes its linear layers (cpu_linears.py)
     identity = json.dumps([*identity, "static"] if static else identity)
     name = (target.config.name_or_path or target.config.model_type).rstrip("/").split("/")[-1]
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{device.type}-{name}-{dtype}{'-static' if static else ''}")
@@ -163,16 +163,28 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_seconds(run: Callable[[], object], device: torch.device, repeats: int) -> float:
-    run()  # warm-up: allocator, kernels, lazy inits
-    times = []
-    for _ in range(repeats):
-        _synchronize(device)
-        started = perf_counter()
-        run()
-        _synchronize(device)
-        times.append(perf_counter() - started)
-    return statistics.median(times)
+def _seconds(run: Callable[[], object], device: torch.device) -> float:
+    _synchronize(device)
+    started = perf_counter()
+    run()
+    _synchronize(device)
+    return perf_counter() - started
+
+
+def _median_seconds(
+    runs: Sequence[Callable[[], object]], device: torch.device, repeats: int, bar: tqdm | None = None
+) -> list[float]:
+    """Median time of each run. Interleaved (each pass times every run once, after one warm-up pass for allocator,
+    kernels and lazy inits): a slow spell on a shared machine then hits every shape alike instead of skewing a few."""
+    times: list[list[float]] = [[] for _ in runs]
+    for rep in range(repeats + 1):
+        for run, kept in zip(runs, times, strict=True):
+            seconds = _seconds(run, device)
+            if rep:
+                kept.append(seconds)
+        if bar is not None:
+            bar.update(1)
+    return [statistics.median(kept) for kept in times]
 
 
 @torch.no_grad()
@@ -196,7 +208,8 @@ def measure_verify(
     batch_sizes = sorted(set(batch_sizes))
     # the cache keyword was renamed `past_key_values` -> `cache` after transformers 5.17
     cache_kw = "cache" if "cache" in inspect.signature(target.forward).parameters else "past_key_values"
-    bar = tqdm(total=len(batch_sizes) * max_tokens, desc="profiling verification", unit="shape", disable=not progress)
+    passes = len(batch_sizes) * (repeats + 1)
+    bar = tqdm(total=passes, desc="profiling verification", unit="pass", disable=not progress)
     costs: dict[int, list[float]] = {}
     for batch in batch_sizes:
         ids = torch.randint(vocab, (batch, context_tokens + max_tokens), generator=torch.Generator().manual_seed(0))
@@ -215,13 +228,11 @@ def measure_verify(
                 target(new, use_cache=True, output_hidden_states=True, **{cache_kw: cache})
                 cache.crop(-new.shape[1])
 
-        row = []
+        runs = [
+            functools.partial(verify, ids[:, context_tokens : context_tokens + n]) for n in range(1, max_tokens + 1)
+        ]
         with onednn_linears(target):  # as generation runs them
-            for tokens in range(1, max_tokens + 1):
-                new = ids[:, context_tokens : context_tokens + tokens]
-                row.append(_median_seconds(functools.partial(verify, new), device, repeats))
-                bar.update(1)
-        costs[batch] = isotonic(row)
+            costs[batch] = isotonic(_median_seconds(runs, device, repeats, bar))
     bar.close()
     return costs
 
@@ -253,7 +264,7 @@ def measure_draft(
         generator.get_candidates(ids, model_outputs=last)
 
     with onednn_linears(target, drafter):  # as generation runs it
-        return _median_seconds(draft, target.device, repeats)
+        return _median_seconds([draft], target.device, repeats)[0]
 
 
 def load_profile(
