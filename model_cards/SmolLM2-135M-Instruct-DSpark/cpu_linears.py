@@ -8,10 +8,13 @@ decoding lives on. Both compute in full fp32 (oneDNN's default math mode); only 
 does between MKL's one-row and many-row kernels, so greedy output stays token-identical (tested on real prompts).
 
 oneDNN also wants the weight in its own blocked layout: given a plain (out, in) matrix it takes a slower path, and
-with the weights packed for a 16-row product a SmolLM2-135M forward of 4-17 tokens ran 1.2-1.5× faster again (1.1× at
-one token; `bench/session15_2026-12-03/cpu_packed_shapes.json`). So each swapped layer computes from a packed copy
-of its weight, packed on first use and kept (a second copy of the layer's weight, held weakly with the layer and
-packed again once the weight changes); training (autograd) and every other path still use the weight itself.
+with the weights packed for a 16-row product a SmolLM2-135M forward of 4-17 tokens ran 1.2-1.5× faster again (1.1×
+at one token; `bench/session15_2026-12-03/cpu_packed_shapes.json`). So each swapped layer computes from a packed
+copy of its weight, made on its first no-grad forward in the block and dropped on exit (the weights are taken as
+fixed inside; a second copy of them while the block runs; packing SmolLM2-135M's takes ~0.15-0.35 s here). Not kept
+between blocks: weights can change without PyTorch's version counter noticing (fused optimizers, `.data` writes such
+as PEFT's adapter merge), and a stale copy would silently change the target's output. Training (autograd) and every
+other path use the weight itself.
 
 `onednn_linears(*models)` swaps the `forward` of each plain fp32 CPU `nn.Linear` of the models for the oneDNN call
 and restores it on exit, the way Accelerate's hooks swap `forward`; layers whose `forward` is already swapped
@@ -23,8 +26,7 @@ Self-contained on purpose: this file travels with every checkpoint as Hub remote
 from __future__ import annotations
 
 import os
-import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -37,8 +39,6 @@ _ONEDNN_OP = torch.backends.mkldnn.is_available() and all(
     hasattr(torch.ops.mkldnn, op) for op in ("_linear_pointwise", "_reorder_linear_weight")
 )
 PACK_ROWS = 16  # the product shape the packed layout is chosen for: verification forwards carry 1-17 tokens
-# layer -> ((weight's storage, version), the weight packed for oneDNN); dropped with the layer
-_PACKED: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple[int, int], torch.Tensor]] = weakref.WeakKeyDictionary()
 
 
 def onednn_available() -> bool:
@@ -48,7 +48,7 @@ def onednn_available() -> bool:
 
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)` computed by oneDNN's fp32 inner product (CPU tensors; `weight` plain (out, in) or
-    as `packed_weight` returns it)."""
+    as `pack_weight` returns it)."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
@@ -65,14 +65,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
-def packed_weight(module: nn.Linear) -> torch.Tensor:
-    """The layer's weight in oneDNN's blocked layout: packed once, again only after the weight has changed."""
-    weight = module.weight
-    key = (weight.data_ptr(), weight._version)
-    kept = _PACKED.get(module)
-    if kept is None or kept[0] != key:
-        kept = _PACKED[module] = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS))
-    return kept[1]
+def pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` (out, in) reordered into oneDNN's blocked layout: an opaque tensor for `onednn_linear` only."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS)
 
 
 def _swappable(module: nn.Module) -> bool:
@@ -86,11 +81,19 @@ def _swappable(module: nn.Module) -> bool:
     )
 
 
-def _onednn_forward(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    # swapped in only where oneDNN was available and the weight fp32 on the CPU: the input is all left to check
-    if _exact_on_onednn(x, module.weight):
-        return onednn_linear(x, packed_weight(module), module.bias)
-    return F.linear(x, module.weight, module.bias)
+def _onednn_forward(module: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The swapped-in forward: oneDNN on a copy of the weight packed on its first no-grad call, else `F.linear`
+    (swapped in only where oneDNN was available and the weight fp32 on the CPU: the input is all left to check)."""
+    packed: list[torch.Tensor] = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if _exact_on_onednn(x, module.weight):
+            if not packed:
+                packed.append(pack_weight(module.weight))
+            return onednn_linear(x, packed[0], module.bias)
+        return F.linear(x, module.weight, module.bias)
+
+    return forward
 
 
 def uses_onednn(model: nn.Module) -> bool:
@@ -104,7 +107,7 @@ def onednn_linears(*models: nn.Module) -> Iterator[int]:
     found = (m for model in models for m in model.modules() if _swappable(m)) if onednn_available() else ()
     swapped = list(dict.fromkeys(found))  # a layer two models share (a bound drafter's head) once
     for module in swapped:
-        module.forward = _onednn_forward.__get__(module)  # an instance attribute shadows nn.Linear.forward
+        module.forward = _onednn_forward(module)  # an instance attribute shadows nn.Linear.forward
     try:
         yield len(swapped)
     finally:
