@@ -2,7 +2,9 @@
 (ms) by new tokens on a 256-token cache (1-17 as verification runs them, 64 and 160 as prefills) with PyTorch's default
 linear layers (MKL), oneDNN on the plain (out, in) weights (session 14) and oneDNN on packed weights (session 15), and
 the drafter's round under each of the last two. Interleaved medians: each pass times every shape under every setting,
-so drift on a shared machine hits them alike.
+so drift on a shared machine hits them alike. (`cpu_packed_shapes.json` came from this script's first form, at commit
+dda2320, when packed weights were kept across blocks and each forward had a block of its own, shape by shape; packing
+now happens once per block, so the blocks are per setting and pass, outside the timing.)
 
     python bench/session15_2026-12-03/cpu_packed_shapes.py --out bench/session15_2026-12-03/cpu_packed_shapes.json
 """
@@ -63,16 +65,18 @@ def main() -> None:
     cache_kw = "cache" if "cache" in inspect.signature(target.forward).parameters else "past_key_values"
     target(ids[:, :context], use_cache=True, **{cache_kw: cache})
     times = {(setting, n): [] for setting in SETTINGS for n in TOKENS}
-    for rep in range(args.repeats + 1):  # the first pass warms up (and packs)
-        for n in TOKENS:
-            for setting in SETTINGS:
-                with routing(setting, target):
+    for rep in range(args.repeats + 1):  # the first pass warms up
+        for setting in SETTINGS:
+            with routing(setting, target):  # one block a pass: the weights are packed once in it, then timed
+                target(ids[:, context : context + 1], use_cache=True, **{cache_kw: cache})
+                cache.crop(-1)
+                for n in TOKENS:
                     started = perf_counter()
                     target(ids[:, context : context + n], use_cache=True, output_hidden_states=True,
                            **{cache_kw: cache})  # fmt: skip
                     if rep:
                         times[(setting, n)].append(perf_counter() - started)
-                cache.crop(-n)
+                    cache.crop(-n)
     forward_ms = {s: {n: round(statistics.median(times[(s, n)]) * 1e3, 1) for n in TOKENS} for s in SETTINGS}
     draft_ms = {}
     for setting in SETTINGS[1:]:  # measure_draft routes through onednn_linears, inside which a routed layer stays
