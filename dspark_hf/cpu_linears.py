@@ -16,9 +16,10 @@ between blocks: weights can change without PyTorch's version counter noticing (f
 as PEFT's adapter merge), and a stale copy would silently change the target's output. Training (autograd) and every
 other path use the weight itself.
 
-`onednn_linears(*models)` swaps the `forward` of each plain fp32 CPU `nn.Linear` of the models for the oneDNN call
-and restores it on exit, the way Accelerate's hooks swap `forward`; layers whose `forward` is already swapped
-(Accelerate, another caller) and subclasses (quantized layers) are left alone. `DSPARK_ONEDNN=0` turns it off.
+`onednn_linears(*models)` swaps the `forward` of each plain fp32 CPU `nn.Linear` of the models whose weight has at
+least `MIN_WEIGHT_ELEMENTS` entries for the oneDNN call and restores it on exit, the way Accelerate's hooks swap
+`forward`; layers whose `forward` is already swapped (Accelerate, another caller) and subclasses (quantized layers)
+are left alone. `DSPARK_ONEDNN=0` turns it off.
 
 Self-contained on purpose: this file travels with every checkpoint as Hub remote code.
 """
@@ -38,6 +39,9 @@ ONEDNN_ENV = "DSPARK_ONEDNN"  # "0" leaves every linear layer to PyTorch's defau
 _ONEDNN_OP = torch.backends.mkldnn.is_available() and all(
     hasattr(torch.ops.mkldnn, op) for op in ("_linear_pointwise", "_reorder_linear_weight")
 )
+# smaller weights stay on PyTorch's default: oneDNN's call costs ~15-20 us more, which only a larger product repays
+# (on the 2-core EPYC a 192x576 layer, SmolLM2's k/v, was no faster at 1-16 rows; 512x512 and up were)
+MIN_WEIGHT_ELEMENTS = 1 << 18
 PACK_ROWS = 16  # the product shape the packed layout is chosen for: verification forwards carry 1-17 tokens
 
 
@@ -59,8 +63,8 @@ def _exact_on_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear`, computed by oneDNN where that is exact and available."""
-    if _exact_on_onednn(x, weight) and onednn_available():
+    """`F.linear`, computed by oneDNN where that is exact, available and worth its call."""
+    if weight.numel() >= MIN_WEIGHT_ELEMENTS and _exact_on_onednn(x, weight) and onednn_available():
         return onednn_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
@@ -78,6 +82,7 @@ def _swappable(module: nn.Module) -> bool:
         and weight is not None
         and weight.device.type == "cpu"
         and weight.dtype == torch.float32
+        and weight.numel() >= MIN_WEIGHT_ELEMENTS
     )
 
 

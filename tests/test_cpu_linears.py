@@ -10,7 +10,9 @@ from conftest import tiny_target
 from test_generation_tiny import assert_same_greedy, primed_drafter
 from torch import nn
 
+from dspark_hf import cpu_linears
 from dspark_hf.cpu_linears import (
+    MIN_WEIGHT_ELEMENTS,
     ONEDNN_ENV,
     linear,
     onednn_available,
@@ -31,6 +33,12 @@ def swapped(module: nn.Module) -> bool:
     return "forward" in module.__dict__
 
 
+@pytest.fixture
+def small_layers_routed(monkeypatch):
+    """Route the tiny test layers too (by default only weights of `MIN_WEIGHT_ELEMENTS` entries and up are)."""
+    monkeypatch.setattr(cpu_linears, "MIN_WEIGHT_ELEMENTS", 0)
+
+
 @pytest.mark.parametrize("rows", [1, 2, 3, 5, 8, 17, 64])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("packed", [False, True])
@@ -48,7 +56,7 @@ def test_onednn_linear_matches_f_linear_on_fresh_inputs(rows, bias, packed):
         torch.testing.assert_close(out, F.linear(x, weight, b), rtol=1e-5, atol=1e-4)  # fp32, other summation order
 
 
-def test_each_block_computes_from_the_weights_as_they_are_then():
+def test_each_block_computes_from_the_weights_as_they_are_then(small_layers_routed):
     """The packed copy lives for one block: a weight changed between blocks without PyTorch's version counter knowing
     (a fused optimizer step, a `.data` write such as an adapter merge) is still what the next block computes with."""
     layer = nn.Linear(64, 32)
@@ -63,7 +71,7 @@ def test_each_block_computes_from_the_weights_as_they_are_then():
             torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
 
 
-def test_linear_keeps_autograd_and_other_dtypes_on_the_default_path():
+def test_linear_keeps_autograd_and_other_dtypes_on_the_default_path(small_layers_routed):
     """oneDNN's op has no backward: with a graph to build (training), and for non-fp32 inputs, `linear` is F.linear."""
     layer = nn.Linear(16, 8)
     x = torch.randn(3, 16)
@@ -80,7 +88,7 @@ def test_linear_keeps_autograd_and_other_dtypes_on_the_default_path():
         layer(x).sum().backward()
 
 
-def test_swap_is_scoped_selective_nested_and_restored_on_error():
+def test_swap_is_scoped_selective_nested_and_restored_on_error(small_layers_routed):
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4, bias=False), nn.Linear(4, 4).bfloat16())
     subclass = type("QuantLinear", (nn.Linear,), {})(4, 4)  # a subclass (e.g. a quantized layer) keeps its forward
     model.append(subclass)
@@ -100,6 +108,28 @@ def test_swap_is_scoped_selective_nested_and_restored_on_error():
         assert not any(swapped(m) for m in model)
 
 
+def test_only_weights_large_enough_to_repay_the_call_go_to_onednn(monkeypatch):
+    side = int(MIN_WEIGHT_ELEMENTS**0.5)
+    model = nn.Sequential(nn.Linear(side, side), nn.Linear(side, side // 2), nn.Linear(side // 2, side))
+    x = torch.randn(2, side)
+    with torch.no_grad():
+        reference = model(x)
+        with onednn_linears(model) as routed:
+            assert routed == 1 and swapped(model[0]) and not swapped(model[1]) and not swapped(model[2])
+            torch.testing.assert_close(model(x), reference, rtol=1e-5, atol=1e-4)
+        assert uses_onednn(model) and not uses_onednn(model[1:])
+        calls = []
+        monkeypatch.setattr(cpu_linears, "onednn_linear", lambda *a: calls.append(a[1].shape) or onednn_linear(*a))
+        for layer in model:
+            torch.testing.assert_close(
+                linear(x[:, : layer.in_features], layer.weight),
+                layer(x[:, : layer.in_features]) - layer.bias,
+                rtol=1e-5,
+                atol=1e-4,
+            )
+        assert calls == [(side, side)]
+
+
 def test_env_turns_it_off(monkeypatch):
     model = nn.Linear(8, 8)
     monkeypatch.setenv(ONEDNN_ENV, "0")
@@ -108,7 +138,7 @@ def test_env_turns_it_off(monkeypatch):
         assert routed == 0 and not swapped(model)
 
 
-def test_generation_routes_target_and_drafter_and_profiles_as_it_runs(tmp_path, monkeypatch):
+def test_generation_routes_target_and_drafter_and_profiles_as_it_runs(tmp_path, monkeypatch, small_layers_routed):
     monkeypatch.setenv("DSPARK_HF_CACHE", str(tmp_path))
     target = tiny_target(seed=4, sharp=4.0)
     prompt = torch.randint(0, 32, (1, 6), generator=torch.Generator().manual_seed(4))
