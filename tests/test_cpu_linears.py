@@ -155,11 +155,16 @@ def test_generation_routes_target_and_drafter_and_profiles_as_it_runs(tmp_path, 
     assert not any(swapped(m) for m in (*target.modules(), *drafter.modules()))  # restored after generate()
     for hook in hooks:
         hook.remove()
-    # the cost profile is measured as generation runs, so the two settings keep separate files
+    # the cost profile is measured as generation runs, so the two settings keep separate files, under the same
+    # names inside the routing block (where generation builds its scheduler) as outside
     routed_path = profile_path(target)
+    with onednn_linears(target):
+        assert profile_path(target) == routed_path
+    assert [p.name for p in (tmp_path / "profiles").iterdir()] == [routed_path.name]  # what generate() measured
     monkeypatch.setenv(ONEDNN_ENV, "0")
     assert profile_path(target) != routed_path
     assert_same_greedy(target, drafter, prompt, max_new_tokens=40, gating="scheduler")
+    assert profile_path(target).exists()
 
 
 def test_a_bf16_target_is_not_routed():

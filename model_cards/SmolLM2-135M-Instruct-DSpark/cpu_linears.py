@@ -98,12 +98,18 @@ def _onednn_forward(module: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]
             return onednn_linear(x, packed[0], module.bias)
         return F.linear(x, module.weight, module.bias)
 
+    forward.onednn = True  # marks the layer as routed (`uses_onednn` inside the block)
     return forward
 
 
+def _routed(module: nn.Module) -> bool:
+    return getattr(module.__dict__.get("forward"), "onednn", False)
+
+
 def uses_onednn(model: nn.Module) -> bool:
-    """Whether `onednn_linears` would route this model's linear layers (the cost profile depends on it)."""
-    return onednn_available() and any(_swappable(m) for m in model.modules())
+    """Whether this model's linear layers run on oneDNN inside `onednn_linears`, asked outside the block or inside it
+    (the cost profile depends on it, and generation builds its scheduler inside)."""
+    return onednn_available() and any(_swappable(m) or _routed(m) for m in model.modules())
 
 
 @contextmanager
