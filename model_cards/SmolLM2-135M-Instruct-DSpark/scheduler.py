@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from .cpu_linears import MIN_WEIGHT_ELEMENTS, onednn_linears, uses_onednn
+from .cpu_linears import onednn_linears, uses_onednn
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -151,8 +151,10 @@ def profile_path(target: PreTrainedModel, static: bool = False) -> Path:
     device, dtype = target.device, str(target.dtype).removeprefix("torch.")
     threads = torch.get_num_threads() if device.type == "cpu" else None
     identity = [device_name(device), threads, target.config.to_json_string(use_diff=False), dtype]
-    # generation routes its larger linear layers (cpu_linears.py)
-    identity += [f"onednn-packed-from{MIN_WEIGHT_ELEMENTS}"] if uses_onednn(target) else []
+    if uses_onednn(target):  # generation routes its larger linear layers (cpu_linears.py): the rule as it is now
+        from .cpu_linears import MIN_WEIGHT_ELEMENTS
+
+        identity.append(f"onednn-packed-from{MIN_WEIGHT_ELEMENTS}")
     identity = json.dumps([*identity, "static"] if static else identity)
     name = (target.config.name_or_path or target.config.model_type).rstrip("/").split("/")[-1]
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{device.type}-{name}-{dtype}{'-static' if static else ''}")
