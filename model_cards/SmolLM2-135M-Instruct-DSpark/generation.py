@@ -222,6 +222,11 @@ class DSparkCandidateGenerator(CandidateGenerator):
         self._started = perf_counter()
         self._pending: tuple[int, int, bool] | None = None  # (drafted, verified, lookup round) until verified
 
+    @property
+    def num_drafting_tokens(self) -> int:
+        """The most tokens a round can propose (Transformers >= 5.25 sizes the target cache's rollback by it)."""
+        return max(self.block_size, self.lookup_tokens)
+
     def _drafting_graphs(self) -> DraftingGraphs | None:
         """The round as CUDA graphs (`cuda_graphs.py`) where it can be captured: CUDA, the fused kernel, a bounded
         length; $DSPARK_CUDA_GRAPHS=0 turns it off. A capture that fails falls back to eager rounds, saying so."""
