@@ -201,7 +201,7 @@ class DSparkCandidateGenerator(CandidateGenerator):
         self.lookup_ngram = generation_config.max_matching_ngram_size or 3
         gating = gating or drafter.gating or cfg.gating
         if isinstance(gating, str):
-            longest = max(self.block_size, self.lookup_tokens) + 1  # the longest forward a round can ask for
+            longest = self.num_drafting_tokens + 1  # the longest forward a round can ask for
             gating = make_gating(
                 gating, cfg.confidence_threshold, target=target, drafter=drafter, max_tokens=longest,
                 look_ahead=not self.do_sample,  # greedy: any L is lossless, so the scheduler may look past a step
@@ -217,7 +217,7 @@ class DSparkCandidateGenerator(CandidateGenerator):
         self.conf_temps = torch.tensor(temps, device=drafter.device) if temps is not None else None
         self.graphs = self._drafting_graphs()
         self.cache = self.graphs.cache if self.graphs is not None else drafter.new_context_cache()
-        self.stats = DSparkStats(block_size=max(self.block_size, self.lookup_tokens))
+        self.stats = DSparkStats(block_size=self.num_drafting_tokens)
         drafter.stats = self.stats
         self._started = perf_counter()
         self._pending: tuple[int, int, bool] | None = None  # (drafted, verified, lookup round) until verified
@@ -240,7 +240,7 @@ class DSparkCandidateGenerator(CandidateGenerator):
         ):
             return None
         try:
-            return DraftingGraphs(self, self.max_length, max(self.block_size, self.lookup_tokens) + 1)
+            return DraftingGraphs(self, self.max_length, self.num_drafting_tokens + 1)
         except RuntimeError as err:
             print(f"[dspark] CUDA-graph drafting unavailable ({err}); drafting eagerly", file=sys.stderr)
             return None
