@@ -109,7 +109,10 @@ class StaticTarget:
                 self._forward(ids)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # thread_local: only this thread's unsafe calls break the capture; in the default ("global") mode a call from
+        # any other thread of the process does too. Once (session 20, the first capture of a `dspark bench` on the
+        # H200) a capture was invalidated with no unsafe call on this thread; the cause was not pinned down.
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             outputs = self._forward(ids)
         self.graphs[tokens] = (graph, outputs)
         return self.graphs[tokens]

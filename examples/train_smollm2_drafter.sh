@@ -8,7 +8,7 @@
 #   bash examples/train_smollm2_drafter.sh export   # bf16 drafter folders, ready for the Hub
 #   bash examples/train_smollm2_drafter.sh eval     # τ (greedy, γ = 7, 256 new tokens) on GSM8K, HumanEval, MT-Bench
 #
-# The shipped drafter came from six runs. Run 3: WORKERS=1 BATCH=1024 DATA_SECONDS=320 NEW_TOKENS=384 STEPS=4500
+# The shipped drafter came from seven runs. Run 3: WORKERS=1 BATCH=1024 DATA_SECONDS=320 NEW_TOKENS=384 STEPS=4500
 # (data 9 216 conversations in 320 s; both trainings side by side 4 500 steps in ~530 s;
 # bench/h200_smollm2_training_2026-11-29/). Run 4, on new prompts: DATA_SECONDS=270 STEPS=4000 LR=3e-4
 # INIT=<run 3's drafter> (7 168 conversations; 4 000 steps in ~480 s; bench/session7_2026-12-01/). Run 5, on new
@@ -20,7 +20,9 @@
 # INIT=<run 6's drafter> (3 072 conversations; 1 200 steps in ~150 s; bench/session18_2026-12-03/). Run 9, documented
 # Python functions in HumanEval's template (PROMPTS from bench/session19_2026-12-03/h200_prompts.py): DATA_SECONDS=210
 # STATIC=1 STEPS=1600 LR=3e-4 INIT=<run 8's drafter> (8 192 conversations; 1 600 steps in ~220 s;
-# bench/session19_2026-12-03/).
+# bench/session19_2026-12-03/). Run 10, template word problems in GSM8K's template beside run 9's kinds (PROMPTS from
+# bench/session20_2026-12-03/h200_prompts.py): DATA_SECONDS=300 STATIC=1 STEPS=2000 LR=3e-4 INIT=<run 9's drafter>
+# (14 336 conversations; 2 000 steps in ~240 s; bench/session20_2026-12-03/).
 #
 # Knobs (environment): WORK, PROMPTS ('sharegpt' or a JSONL file), WORKERS, BATCH, DATA_SECONDS, NEW_TOKENS, STATIC
 # (set: `prepare-data --static-cache`, decoding compiled once into CUDA graphs), STEPS, LR,

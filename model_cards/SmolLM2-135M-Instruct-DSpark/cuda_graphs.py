@@ -75,9 +75,9 @@ class DraftingGraphs:
                 self._draft_step()
         torch.cuda.current_stream(device).wait_stream(side)
         append, draft = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        with torch.cuda.graph(append):
+        with torch.cuda.graph(append, capture_error_mode="thread_local"):  # see StaticTarget._graph
             self._append_step()
-        with torch.cuda.graph(draft):
+        with torch.cuda.graph(draft, capture_error_mode="thread_local"):
             self.drafted = self._draft_step()
         self.graphs = (append, draft)
         self.cache.length = 0  # the warm-up wrote junk only
