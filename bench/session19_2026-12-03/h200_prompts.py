@@ -111,6 +111,16 @@ def general_prompts(conversations: list[list[dict]]) -> list[str]:
     return out
 
 
+def mix(source: list[str], sharegpt_code: list[str], arithmetic: list[str], general: list[str]) -> list[str]:
+    """The whole list before the cut: two code prompts (Python source and ShareGPT's functions alternately), one
+    arithmetic, one general, in turn while they last (session 20 rebuilds it to leave out what run 9 answered)."""
+    code = [p for pair in zip(source, sharegpt_code, strict=False) for p in pair] + source[len(sharegpt_code) :]
+    mixed = []
+    for i in range(max(len(code) // 2, len(arithmetic), len(general))):
+        mixed += code[2 * i : 2 * i + 2] + [group[i] for group in (arithmetic, general) if i < len(group)]
+    return mixed
+
+
 def main(out_path: str, *sources: str) -> None:
     roots = [Path(s) for s in sources] or [Path(sysconfig.get_paths()[k]) for k in ("stdlib", "purelib")]
     with warnings.catch_warnings():
@@ -121,11 +131,7 @@ def main(out_path: str, *sources: str) -> None:
     source, sharegpt_code = source_prompts(roots), code_prompts(conversations)[USED_BY_RUN_8:]
     arithmetic = arithmetic_prompts(conversations)[USED_BY_RUN_8:]
     general = general_prompts(conversations)
-    code = [p for pair in zip(source, sharegpt_code, strict=False) for p in pair] + source[len(sharegpt_code) :]
-    mixed = []
-    for i in range(max(len(code) // 2, len(arithmetic), len(general))):
-        mixed += code[2 * i : 2 * i + 2] + [group[i] for group in (arithmetic, general) if i < len(group)]
-    mixed = mixed[:MAX_PROMPTS]
+    mixed = mix(source, sharegpt_code, arithmetic, general)[:MAX_PROMPTS]
     Path(out_path).write_text("".join(json.dumps({"prompt": p}) + "\n" for p in mixed))
     print(
         f"{len(source)} from Python source ({sum('>>>' in p for p in source)} with a doctest), "

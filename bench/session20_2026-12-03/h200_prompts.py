@@ -95,12 +95,8 @@ def main(out_path: str) -> None:
     roots = [Path(sysconfig.get_paths()[k]) for k in ("stdlib", "purelib")]
     source, sharegpt_code = run9.source_prompts(roots), code_prompts(conversations)[run9.USED_BY_RUN_8 :]
     arithmetic, general = arithmetic_prompts(conversations)[run9.USED_BY_RUN_8 :], run9.general_prompts(conversations)
-    # run 9's list, rebuilt as its script did, to leave out what run 9 answered
+    answered = set(run9.mix(source, sharegpt_code, arithmetic, general)[:ANSWERED_BY_RUN_9])  # run 9's list, rebuilt
     code9 = [p for pair in zip(source, sharegpt_code, strict=False) for p in pair] + source[len(sharegpt_code) :]
-    mixed9 = []
-    for i in range(max(len(code9) // 2, len(arithmetic), len(general))):
-        mixed9 += code9[2 * i : 2 * i + 2] + [group[i] for group in (arithmetic, general) if i < len(group)]
-    answered = set(mixed9[:ANSWERED_BY_RUN_9])
     code, arithmetic, general = ([p for p in g if p not in answered] for g in (code9, arithmetic, general))
     rng, seen = random.Random(20), set()
     while len(seen) < MAX_PROMPTS // 5 + 1:
