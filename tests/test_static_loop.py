@@ -171,4 +171,4 @@ def test_replayed_graphs_compute_what_the_forward_computes():
         got = graphed.forward(ids[:, start : start + tokens], start)[0]
         assert torch.equal(got, want), tokens
         start += max(1, tokens - 2)  # the next forward starts inside this one: rejected positions are rewritten
-    assert set(graphed.graphs) == {1, 3, 5, 8}
+    assert set(graphed.graphs.graphs) == {1, 3, 5, 8}

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -34,12 +32,12 @@ import torch
 from transformers.generation.candidate_generator import CandidateGenerator
 from transformers.generation.logits_process import LogitsProcessorList
 
+from . import cuda_graphs
 from .cpu_linears import onednn_linears
-from .cuda_graphs import DraftingGraphs
+from .cuda_graphs import DraftingGraphs, warn_once
 from .gating import GatingPolicy, make_gating
 from .markov_kernel import fused_sampling, markov_draft, resolve_backend
 
-CUDA_GRAPHS_ENV = "DSPARK_CUDA_GRAPHS"  # "0" turns the CUDA-graph drafting round off
 CUDA_GRAPHS_MAX_LENGTH = 16384  # beyond this, attending to the whole preallocated context would cost too much
 
 if TYPE_CHECKING:
@@ -232,8 +230,7 @@ class DSparkCandidateGenerator(CandidateGenerator):
         length; $DSPARK_CUDA_GRAPHS=0 turns it off. A capture that fails falls back to eager rounds, saying so."""
         device = self.drafter.device
         if (
-            device.type != "cuda"
-            or os.environ.get(CUDA_GRAPHS_ENV, "1") == "0"
+            not cuda_graphs.capture_graphs(device)
             or fused_sampling(self.logits_processor) is None
             or resolve_backend(device) != "triton"
             or self.max_length > CUDA_GRAPHS_MAX_LENGTH
@@ -241,8 +238,8 @@ class DSparkCandidateGenerator(CandidateGenerator):
             return None
         try:
             return DraftingGraphs(self, self.max_length, self.num_drafting_tokens + 1)
-        except RuntimeError as err:
-            print(f"[dspark] CUDA-graph drafting unavailable ({err}); drafting eagerly", file=sys.stderr)
+        except Exception as err:  # noqa: BLE001 - any failure of the fast path falls back to the exact eager one
+            warn_once("drafting-capture", f"CUDA-graph drafting unavailable ({err!r}); drafting eagerly")
             return None
 
     def draft_block(
@@ -435,6 +432,18 @@ def validate_request(target: PreTrainedModel, args: tuple, kwargs: dict[str, Any
         raise ValueError("DSpark drafting does not support padded prompts: pass the prompt without padding.")
 
 
+def device_usable(device: torch.device) -> bool:
+    """Whether work can still run on `device` after an error: on CUDA, an illegal memory access or a failed kernel
+    leaves the context unusable for the rest of the process; a refused capture or a Python error does not."""
+    if device.type != "cuda":
+        return True
+    try:
+        torch.cuda.synchronize(device)
+    except Exception:  # noqa: BLE001 - whatever it raises, the device cannot be trusted
+        return False
+    return True
+
+
 def install_generate_routing() -> None:
     """Route `generate(..., assistant_model=<DSparkDrafter>)` to `DSparkCandidateGenerator`. Idempotent.
 
@@ -476,7 +485,13 @@ def install_generate_routing() -> None:
             with onednn_linears(self, assistant):  # CPU fp32: cheaper multi-token forwards (cpu_linears.py)
                 request = static_loop_request(self, args, kwargs)
                 if request is not None:
-                    return speculative_generate(self, assistant, *request)
+                    try:
+                        return speculative_generate(self, assistant, *request)
+                    except Exception as err:
+                        if not device_usable(self.device):
+                            raise  # the CUDA context is lost: nothing in this process can run on it any more
+                        warn_once("static-loop", f"the static loop failed ({err!r}); running Transformers' loop")
+                        self._dspark_static_target = None  # the next call builds its cache and graphs afresh
                 return original_generate(self, *args, **kwargs)
         finally:
             assistant.gating = previous

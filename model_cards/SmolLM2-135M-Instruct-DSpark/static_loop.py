@@ -34,7 +34,9 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from .generation import CUDA_GRAPHS_ENV, DSparkCandidateGenerator, cut_at_eos
+from . import cuda_graphs
+from .cuda_graphs import CUDA_GRAPHS_ENV, GraphSet, tensor_identity, warn_once
+from .generation import DSparkCandidateGenerator, cut_at_eos
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -60,31 +62,39 @@ class StaticTarget:
     copied into each cache layer's write position and into the position ids inside the graph; the attention mask over
     the whole capacity (key slot <= query position) is computed from it on the device. Rejected drafts leave stale
     keys past the accepted prefix; the next forward overwrites them and the mask hides them until then.
-    Kept on the target between calls (`for_target`), so the graphs are captured once per capacity.
+    Kept on the target between calls (`for_target`), so the graphs are captured once per capacity; the graphs live in
+    a `GraphSet` of their own (see `cuda_graphs.py` for why that is what keeps them valid).
     """
 
     def __init__(self, target: PreTrainedModel, capacity: int, capture: bool):
-        self.target, self.capacity, self.capture = target, capacity, capture
+        self.target, self.capacity = target, capacity
         device = self.device = target.device
-        self.dtype = target.dtype  # a target moved or cast since needs a new cache (and graphs on its new weights)
+        self.dtype = target.dtype
+        self.identity = weights_identity(target)  # the graphs replay these tensors' addresses
         self.cache = StaticCache(config=target.config, max_cache_len=capacity)
         # the cache keyword was renamed `past_key_values` -> `cache` after transformers 5.17
         self.cache_kw = "cache" if "cache" in inspect.signature(target.forward).parameters else "past_key_values"
         self.start = torch.zeros((), dtype=torch.long, device=device)
         self.slots = torch.arange(capacity, device=device)
         self.inputs: dict[int, torch.Tensor] = {}  # tokens -> the captured graph's input ids
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, Any]] = {}  # tokens -> (graph, its outputs)
-        self.pool = torch.cuda.graph_pool_handle() if capture else None  # one memory pool for all lengths
+        self.graphs = GraphSet(device) if capture else None
+        self.failed = False  # a capture failed: this call runs uncaptured, the next one starts afresh
 
     @classmethod
     def for_target(cls, target: PreTrainedModel, length: int) -> StaticTarget:
-        """The target's static cache (and graphs) if it holds `length` tokens, else a new, larger one."""
-        capture = target.device.type == "cuda"
+        """The target's static cache (and graphs) if it holds `length` tokens and the target's weights are the ones
+        it was built on, else a new one (larger when needed)."""
+        capture = cuda_graphs.capture_graphs(target.device)
         kept = getattr(target, "_dspark_static_target", None)
-        if kept is None or kept.capacity < length or (kept.device, kept.dtype) != (target.device, target.dtype):
+        if kept is not None and (kept.capacity < length or kept.failed or not kept.matches(target)):
+            target._dspark_static_target = kept = None  # its graphs and cache go before new ones are allocated
+        if kept is None:
             kept = cls(target, -(-length // CAPACITY_STEP) * CAPACITY_STEP, capture)
             target._dspark_static_target = kept
         return kept
+
+    def matches(self, target: PreTrainedModel) -> bool:
+        return (self.device, self.dtype) == (target.device, target.dtype) and self.identity == weights_identity(target)
 
     def _forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         for layer in self.cache.layers:  # where this forward writes its keys and values
@@ -99,23 +109,20 @@ class StaticTarget:
         )  # fmt: skip
         return out.logits[0], out.hidden_states
 
-    def _graph(self, tokens: int) -> tuple[torch.cuda.CUDAGraph, Any]:
-        """Capture the forward of `tokens` tokens (after a warm-up off the capture stream), once."""
-        ids = self.inputs[tokens] = torch.zeros(1, tokens, dtype=torch.long, device=self.target.device)
-        side = torch.cuda.Stream(self.target.device)
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._forward(ids)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: only this thread's unsafe calls break the capture; in the default ("global") mode a call from
-        # any other thread of the process does too. Once (session 20, the first capture of a `dspark bench` on the
-        # H200) a capture was invalidated with no unsafe call on this thread; the cause was not pinned down.
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            outputs = self._forward(ids)
-        self.graphs[tokens] = (graph, outputs)
-        return self.graphs[tokens]
+    def _replay(self, ids: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None:
+        """The graphed forward of `ids`, captured on first use; None where capturing failed (this call then runs
+        uncaptured, exactly as on the CPU)."""
+        tokens = ids.shape[1]
+        if tokens not in self.graphs:
+            self.inputs[tokens] = torch.zeros(1, tokens, dtype=torch.long, device=self.device)
+            try:
+                self.graphs.capture(tokens, lambda: self._forward(self.inputs[tokens]))
+            except Exception as err:  # noqa: BLE001 - any failure of the fast path falls back to the exact eager one
+                warn_once("verify-capture", f"CUDA-graph verification unavailable ({err!r}); verifying uncaptured")
+                self.failed = True
+                return None
+        self.inputs[tokens].copy_(ids)
+        return self.graphs.replay(tokens)
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, start: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -128,15 +135,20 @@ class StaticTarget:
         for hook in self.target._forward_pre_hooks.values():
             hook(self.target, (ids,))
         self.start.fill_(start)
-        if not self.capture or start == 0:
+        outputs = None
+        if self.graphs is not None and not self.failed and start > 0:
+            outputs = self._replay(ids)
+        if outputs is None:
+            self.start.fill_(start)  # a failed capture's warm-up may have moved the cache's write positions
             outputs = self._forward(ids)
-        else:
-            graph, outputs = self.graphs.get(tokens) or self._graph(tokens)
-            self.inputs[tokens].copy_(ids)
-            graph.replay()
         for hook in self.target._forward_hooks.values():
             hook(self.target, (ids,), outputs)
         return outputs
+
+
+def weights_identity(model: torch.nn.Module) -> tuple:
+    """The identity of every parameter and buffer (see `tensor_identity`)."""
+    return tensor_identity([*model.parameters(), *model.buffers()])
 
 
 def _set_generation_fields(config: GenerationConfig) -> set[str]:
