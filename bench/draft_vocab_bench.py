@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 
 import dspark_hf
+from dspark_hf.decoding.routing import make_gating
 from dspark_hf.drafters import load_drafter
 from dspark_hf.evaluation import read_eval_prompts
 from dspark_hf.evaluation.report import environment
-from dspark_hf.scheduler import PrefixScheduler
 from dspark_hf.targets import encode_prompt, timed_generate
 
 
@@ -81,7 +81,7 @@ def main() -> int:
             return {}
         vocab, idle = rows[name]
         drafter.set_draft_vocab(vocab)
-        scheduler = PrefixScheduler.for_models(target, drafter)  # costs of this drafting shape (measured once)
+        scheduler = make_gating("scheduler", target=target, drafter=drafter)  # this drafting shape's costs
         scheduler.max_idle_rounds = idle
         return {"assistant_model": drafter, "gating": scheduler}
 

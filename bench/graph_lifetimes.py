@@ -45,7 +45,7 @@ def run(pairs: tuple) -> list[torch.Tensor]:
 
 def capture(pairs: tuple, mode: str) -> tuple[object, list[torch.Tensor]]:
     if mode == "graphset":
-        from dspark_hf.cuda_graphs import GraphSet
+        from dspark_hf.decoding.graphs import GraphSet
 
         graphs = GraphSet(torch.device("cuda"))
         return graphs, graphs.capture("run", lambda: run(pairs))

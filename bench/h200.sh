@@ -3,9 +3,9 @@
 #   bash bench/h200.sh park N          keep part N of the SmolLM2 GGUF (carried as .gpu/parts/smol.partNN) in /tmp/m
 #   bash bench/h200.sh start JOB...    assemble the GGUF, then run the JOBs in the background (setsid), logs in /tmp/out
 #   bash bench/h200.sh poll [SECONDS]  wait up to SECONDS for the jobs, copy /tmp/out into $OUT, print the progress
-# JOBs: env (versions), lifetimes (bench/graph_lifetimes.py), repro-old / repro (issue #27's smallest failing
-# sequence on 7c00fe6's code, carried as .gpu/extra/old, and on this tree), soak-old N (N calls on 7c00fe6's code),
-# soak SEED N (bench/soak.py), tests (the GPU tests).
+# JOBs: env (versions), lifetimes (bench/graph_lifetimes.py), release (bench/graph_release.py, also on the older
+# dspark_hf carried as .gpu/extra/old), soak SEED N (bench/soak.py), soak4 N (4 soaks side by side, seeds 1-4),
+# tests-quick / tests (the GPU tests).
 # Carried with `start`: .gpu/extra (gguf wheel, eval prompts, old code) and the last GGUF part.
 set -u
 G=/tmp/g
@@ -21,6 +21,7 @@ poll)
   while [ $SECONDS -lt $deadline ] && ! grep -q ALLDONE $O/progress 2>/dev/null; do sleep 5; done
   cp -r $O/. "$OUT"/ 2>/dev/null
   cat $O/progress
+  for f in $O/soak*_seed*.log; do [ -f $f ] && echo "$f: $(tail -1 $f | cut -c1-150)"; done
   exit 0 ;;
 start) ;;
 *) echo "unknown command $cmd" >&2; exit 2 ;;
@@ -37,7 +38,6 @@ rm -rf $G/eval $G/old && cp -r .gpu/extra/eval $G/eval && cp -r .gpu/extra/old $
 rm -rf $G/repo && cp -r . $G/repo  # the tree as it came with this call: later calls replace the working copy
 export PYTHONPATH=$G/site:$G/repo DSPARK_HF_CACHE=$G/c HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 HF_HOME=/tmp/hf
 export TOKENIZERS_PARALLELISM=false DSPARK_EVAL_DIR=$G/eval
-OLD="env PYTHONPATH=$G/site:$G/old DSPARK_HF_CACHE=$G/c_old"
 SOAK="python3 $G/repo/bench/soak.py --eval-dir $G/eval"
 step() { echo "$(date -u +%T) $*" >> $O/progress; }
 
@@ -53,30 +53,21 @@ run_jobs() {
       step "env rc $?" ;;
     lifetimes)
       python3 bench/graph_lifetimes.py > $O/graph_lifetimes.txt 2>&1; step "lifetimes rc $?" ;;
-    repro-old)
-      $OLD $SOAK --repro --drafter $G/repo/model_cards/SmolLM2-135M-Instruct-DSpark > $O/repro_old.log 2>&1
-      step "repro-old rc $?" ;;
-    repro)
-      $SOAK --repro > $O/repro.log 2>&1; step "repro rc $?" ;;
-    soak-old)
-      n=$1; shift
-      $OLD $SOAK --seed 7 --calls "$n" --compiled-dtypes float32 --drafter $G/repo/model_cards/SmolLM2-135M-Instruct-DSpark \
-        --out $O/soak_old.json > $O/soak_old.log 2>&1
-      step "soak-old rc $?" ;;
+    release)
+      python3 bench/graph_release.py --old $G/old --old-cache $G/c_old > $O/graph_release.txt 2>&1
+      step "release rc $?" ;;
     soak)  # one soak; compiled static-cache calls in float32 only (each dtype compiles once)
       seed=$1 n=$2; shift 2
       $SOAK --seed "$seed" --calls "$n" --compiled-dtypes float32 --out $O/soak_seed$seed.json \
         > $O/soak_seed$seed.log 2>&1
       step "soak seed $seed rc $?" ;;
-    soak2)  # two soaks side by side, one process each
+    soak4)  # four soaks side by side, one process each
       n=$1; shift
-      $SOAK --seed 1 --calls "$n" --out $O/soak_seed1.json > $O/soak_seed1.log 2>&1 &
-      $SOAK --seed 2 --calls "$n" --out $O/soak_seed2.json > $O/soak_seed2.log 2>&1
-      wait
-      step "soak2 done: $(grep -h '"errors"\|"mismatches"' $O/soak_seed1.log $O/soak_seed2.log | tr -d ' \n')" ;;
+      $SOAK --processes 4 --seed 1 --calls "$n" --out $O/soak.json > $O/soak.log 2>&1
+      step "soak4 rc $? $(tail -1 $O/soak.log)" ;;
     tests-quick)
       python3 -m pytest -q -p no:cacheprovider tests/test_fast_path_recovery.py tests/test_static_loop.py \
-        tests/test_cuda_graphs.py > $O/h200_tests_quick.log 2>&1
+        tests/test_cuda_graphs.py tests/test_graph_lifetimes.py > $O/h200_tests_quick.log 2>&1
       step "tests-quick rc $? $(tail -1 $O/h200_tests_quick.log)" ;;
     tests)
       python3 -m pytest -q -p no:cacheprovider tests/test_static_loop.py tests/test_cuda_graphs.py \
@@ -89,6 +80,6 @@ run_jobs() {
 }
 
 rm -f $O/progress
-setsid bash -c "$(declare -f run_jobs step); O=$O G=$G OLD='$OLD' SOAK='$SOAK' run_jobs $*" > $O/jobs.log 2>&1 < /dev/null &
+setsid bash -c "$(declare -f run_jobs step); O=$O G=$G SOAK='$SOAK' run_jobs $*" > $O/jobs.log 2>&1 < /dev/null &
 sleep 2
 cat $O/progress 2>/dev/null

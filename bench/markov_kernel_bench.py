@@ -1,7 +1,7 @@
 """Microbenchmark of the fused Markov/confidence kernel against the eager PyTorch loop, and its share of a real
 `generate()` round with SmolLM2-135M-Instruct.
 
-    python bench/markov_kernel_bench.py [--out bench/h200_markov_kernel.json]
+    python bench/markov_kernel_bench.py [--out bench/results/h200_markov_kernel.json]
 
 Part 1: one round (γ positions, V = 49152) with each backend, median of CUDA-event timings over many repeats;
 greedy, temperature sampling, and top-k (50) / top-p (0.9) sampling against Transformers' warpers in the loop.
@@ -28,10 +28,11 @@ from transformers import LogitsProcessorList
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
 import dspark_hf
-from dspark_hf import generation
-from dspark_hf import markov_kernel as mk
+from dspark_hf.decoding import round as decoding_round
+from dspark_hf.evaluation import read_eval_prompts
+from dspark_hf.kernels import markov as mk
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+EVAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval"
 
 
 def median_ms(fn, repeats: int = 200, warmup: int = 20) -> float:
@@ -133,18 +134,18 @@ def generate_share(
         draft += drafter.stats.draft_time_s
         tokens += out.shape[1] - inputs["input_ids"].shape[1]
 
-    original = generation.markov_draft
+    original = decoding_round.markov_draft
 
     def labelled(*args, **kw):
         with record_function("markov_draft"):
             return original(*args, **kw)
 
-    generation.markov_draft = labelled
+    decoding_round.markov_draft = labelled
     try:
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             target.generate(**encoded[0], **kwargs)
     finally:
-        generation.markov_draft = original
+        decoding_round.markov_draft = original
     calls = [e for e in prof.events() if e.name == "markov_draft" and e.device_type.name == "CPU"]
     kernels = [e for e in prof.events() if "markov_draft_kernel" in e.name and e.device_type.name == "CUDA"]
     host_ms = sum(e.cpu_time_total for e in calls) / len(calls) / 1000
@@ -209,11 +210,9 @@ def main() -> None:
 
     if args.only_top_k:
         return
-    from conftest import eval_prompts
-
     target, tokenizer = dspark_hf.load_target(device="cuda")
     drafter = dspark_hf.DSparkDrafter.from_target(target)  # rank 128, γ = 7
-    prompts = eval_prompts("gsm8k", args.prompts)
+    prompts = read_eval_prompts(EVAL_DIR / "gsm8k.jsonl", args.prompts)
     # greedy in ABBA order: a backend that always ran second would carry any drift (clocks, allocator) as its own
     # cost; then sampling with Transformers' defaults (top_k=50)
     runs = [(b, False) for b in ("torch", "triton", "triton", "torch")] + [(b, True) for b in ("triton", "torch")]

@@ -8,11 +8,14 @@ and back (new weight tensors under kept graphs). Prompts run from 20 to 3000 tok
 so the static cache goes through every capacity step and the verification forwards through every length. Each plain
 eager call is followed by the greedy float32 DSpark call on the same prompt and the two outputs are compared.
 
-The first calls sweep every capacity step, dtype, drafter and lookup setting, so that the memory of the first 100
-calls already holds every shape; the summary compares it with the last 100.
+The first calls sweep every capacity step, dtype, drafter and lookup setting, so that the memory of the first 50
+calls already holds every shape; the summary compares it with the last 50, and counts the CUDA graphs captured in
+the last 50 (none once every shape has its graphs). Any error, any greedy mismatch and any fast-path fallback
+(`dspark_hf.fallback_counts()`) fails the soak (exit status 1).
 
     python bench/soak.py --calls 500 --seed 1 --out bench/results/soak_seed1.json
     python bench/soak.py --repro   # the smallest failing sequence reported on 7c00fe6 (issue #27)
+    python bench/soak.py --processes 4 --calls 150 --out bench/results/soak.json   # side by side, seeds 1..4
 
 Prints one line per call and a summary; `--out` gets the summary and every call's record (JSON).
 """
@@ -24,6 +27,7 @@ import copy
 import json
 import random
 import statistics
+import subprocess
 import sys
 import time
 import traceback
@@ -100,12 +104,18 @@ class Soak:
         self.targets = {"float32": dspark_hf.load_target(device=self.device)[0]}
         self.tokenizer = dspark_hf.load_target(device="cpu")[1]
         self.targets["bfloat16"] = copy.deepcopy(self.targets["float32"]).to(torch.bfloat16)
-        shipped, trained = dspark_hf.load_drafter(args.drafter, self.targets["float32"])
-        if not trained:
-            sys.exit("soak: the shipped drafter was not found (run from a checkout, or pass --drafter)")
-        full = dspark_hf.load_drafter(args.drafter, self.targets["float32"])[0]
-        full.set_draft_vocab(None)
-        self.drafters = {"shipped": shipped, "full-vocab": full}
+        # two drafters, each loaded once per target (a drafter follows its target's dtype: one object shared by both
+        # targets would be cast back and forth, and its graphs captured again after each cast)
+        self.drafters: dict[tuple[str, str], torch.nn.Module] = {}
+        for dtype, target in self.targets.items():
+            for name in ("shipped", "full-vocab"):
+                drafter, trained = dspark_hf.load_drafter(args.drafter, target)
+                if not trained:
+                    sys.exit("soak: the shipped drafter was not found (run from a checkout, or pass --drafter)")
+                if name == "full-vocab":
+                    drafter.set_draft_vocab(None)
+                self.drafters[name, dtype] = drafter
+        self.drafter_names = ["shipped", "full-vocab"]
         self.texts = prompt_texts(Path(args.eval_dir))
         self.lengths: set[int] = set()  # tokens per verification forward seen in the static loop
         self.capacities: set[int] = set()
@@ -127,7 +137,7 @@ class Soak:
         if kind == "compiled":
             kwargs["cache_implementation"] = "static"
         if kind == "dspark":
-            kwargs["assistant_model"] = self.drafters[drafter]
+            kwargs["assistant_model"] = self.drafters[drafter, dtype]
             if lookup:
                 kwargs["prompt_lookup_num_tokens"] = lookup
         ids = prompt.to(self.device)
@@ -145,8 +155,9 @@ class Soak:
                       max_new=max_new, seconds=round(time.perf_counter() - started, 4),
                       new=int(out.shape[1] - ids.shape[1]))  # fmt: skip
         if kind == "dspark":
-            stats = self.drafters[drafter].stats
+            stats = self.drafters[drafter, dtype].stats
             record.update(loop=stats.loop, tau=round(stats.tau, 3))
+            record.update(fallbacks=list(getattr(stats, "fallbacks", [])), captures=getattr(stats, "captures", None))
             if stats.loop == "static":
                 static = target._dspark_static_target
                 self.capacities.add(static.capacity)
@@ -165,7 +176,7 @@ class Soak:
             max_new = min(max_new, 64)
             prompt = prompt_ids(self.tokenizer, self.texts, length, rng)
             plain = self.call("plain", prompt, max_new, "float32")
-            drafter, lookup = rng.choice(list(self.drafters)), rng.choice([0, 16])
+            drafter, lookup = rng.choice(self.drafter_names), rng.choice([0, 16])
             spec = self.call("dspark", prompt, max_new, "float32", drafter, lookup)
             spec["compared"], spec["identical"] = True, spec["tokens"] == plain["tokens"]
             return [plain, spec]
@@ -177,7 +188,7 @@ class Soak:
         dtype = "float32" if rng.random() < 0.6 else "bfloat16"
         sample = rng.choice(["greedy", "greedy", "sample", "top-k"])
         return [
-            self.call("dspark", prompt, max_new, dtype, rng.choice(list(self.drafters)), rng.choice([0, 16]), sample)
+            self.call("dspark", prompt, max_new, dtype, rng.choice(self.drafter_names), rng.choice([0, 16]), sample)
         ]
 
     def sweep(self) -> list[tuple]:
@@ -186,7 +197,7 @@ class Soak:
             (length, 256, dtype, drafter, lookup)
             for length in (40, 1100, 2100, 3000)
             for dtype in ("float32", "bfloat16")
-            for drafter in self.drafters
+            for drafter in self.drafter_names
             for lookup in (0, 16)
         ]
 
@@ -215,6 +226,8 @@ class Soak:
                 flag = "ERROR " + record["error"] if record["kind"] == "error" else ""
                 if record.get("compared") and not record["identical"]:
                     flag = "MISMATCH"
+                if record.get("fallbacks"):
+                    flag += " FALLBACK " + ",".join(record["fallbacks"])
                 print(describe(calls, record, flag), flush=True)
                 if record["kind"] != "recast":
                     calls += 1
@@ -227,27 +240,32 @@ class Soak:
     def summary(self) -> dict:
         calls = [r for r in self.records if r["kind"] != "recast"]
         compared = [r for r in calls if r.get("compared")]
-        first, last = calls[:100], calls[-100:]
+        first, last = calls[:50], calls[-50:]
+        counts = dspark_hf.fallback_counts() if hasattr(dspark_hf, "fallback_counts") else None
         return dict(
             seed=self.args.seed,
             calls=len(calls),
             errors=sum(r["kind"] == "error" for r in calls),
+            fallbacks=None if counts is None else sum(counts.values()),
+            fallback_counts=counts,
             compared=len(compared),
             mismatches=sum(not r["identical"] for r in compared),
+            captures_last_50=sum(r.get("captures") or 0 for r in last),
+            dspark_calls_last_50=sum(r["kind"] == "dspark" for r in last),
             by_kind={k: sum(r["kind"] == k for r in calls) for k in ("dspark", "plain", "compiled", "error")},
             static_loop_calls=sum(r.get("loop") == "static" for r in calls),
             recasts=sum(r["kind"] == "recast" for r in self.records),
             verification_lengths=sorted(self.lengths),
             capacities=sorted(self.capacities),
-            allocated_mb_first_100=round(statistics.mean(r["allocated_mb"] for r in first), 1),
-            allocated_mb_last_100=round(statistics.mean(r["allocated_mb"] for r in last), 1),
-            reserved_mb_first_100=round(statistics.mean(r["reserved_mb"] for r in first), 1),
-            reserved_mb_last_100=round(statistics.mean(r["reserved_mb"] for r in last), 1),
+            allocated_mb_first_50=round(statistics.mean(r["allocated_mb"] for r in first), 1),
+            allocated_mb_last_50=round(statistics.mean(r["allocated_mb"] for r in last), 1),
+            reserved_mb_first_50=round(statistics.mean(r["reserved_mb"] for r in first), 1),
+            reserved_mb_last_50=round(statistics.mean(r["reserved_mb"] for r in last), 1),
             seconds=round(sum(r.get("seconds", 0) for r in calls), 1),
             versions=dict(
                 torch=torch.__version__,
                 transformers=__import__("transformers").__version__,
-                device=dspark_hf.scheduler.device_name(self.device),
+                device=torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             ),  # fmt: skip
         )
 
@@ -265,14 +283,55 @@ def main() -> None:
     parser.add_argument("--eval-dir", default=str(EVAL_DIR), help="folder of the prompt JSONL files")
     parser.add_argument("--repro", action="store_true", help="only the smallest failing sequence of issue #27")
     parser.add_argument("--out", default=None, help="write the summary and every call's record here (JSON)")
+    parser.add_argument(
+        "--processes", type=int, default=1,
+        help="run this many soaks side by side (seeds SEED.., compiled calls alternating float32 / bfloat16); --out "
+        "then gets their summaries and a total (default: 1)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.processes > 1:
+        sys.exit(side_by_side(args))
     soak = Soak(args)
     summary = soak.run()
     print(json.dumps(summary, indent=1))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"summary": summary, "calls": soak.records}, indent=0))
-    sys.exit(0 if summary["errors"] == 0 and summary["mismatches"] == 0 else 1)
+    sys.exit(0 if passed(summary) else 1)
+
+
+def passed(summary: dict) -> bool:
+    return summary["errors"] == 0 and summary["mismatches"] == 0 and summary["fallbacks"] == 0
+
+
+def side_by_side(args: argparse.Namespace) -> int:
+    """`--processes N`: N soaks at once, one process each, seeds seed .. seed + N - 1; their logs beside --out."""
+    out = Path(args.out or "soak.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dspark_hf.load_target(device="cpu")  # converts the GGUF target once, before the processes would race for it
+    runs = []
+    for i in range(args.processes):
+        seed = args.seed + i
+        part = out.with_name(f"{out.stem}_seed{seed}.json")
+        command = [sys.executable, __file__, "--seed", str(seed), "--calls", str(args.calls), "--device", args.device,
+                   "--eval-dir", args.eval_dir, "--out", str(part),
+                   "--compiled-dtypes", ["float32", "bfloat16"][i % 2]]  # fmt: skip
+        if args.drafter:
+            command += ["--drafter", args.drafter]
+        log = open(out.with_name(f"{out.stem}_seed{seed}.log"), "w")  # noqa: SIM115 - closed after the run
+        runs.append((seed, part, log, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)))
+    summaries = []
+    for seed, part, log, process in runs:
+        rc = process.wait()
+        log.close()
+        summary = json.loads(part.read_text())["summary"] if part.exists() else {"seed": seed, "errors": 1}
+        summaries.append(dict(summary, rc=rc))
+    keys = ("calls", "errors", "fallbacks", "mismatches", "compared", "captures_last_50")
+    total = {key: sum(s.get(key) or 0 for s in summaries) for key in keys}
+    total["passed"] = all(s.get("rc") == 0 for s in summaries)
+    out.write_text(json.dumps({"total": total, "processes": summaries}, indent=1))
+    print(json.dumps(total))
+    return 0 if total["passed"] else 1
 
 
 if __name__ == "__main__":

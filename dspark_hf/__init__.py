@@ -1,24 +1,28 @@
 """dspark-hf: DSpark speculative decoding as a Hugging Face Transformers plugin.
 
 Importing this package registers the `dspark` model type with the Auto classes and routes
-`generate(..., assistant_model=<DSparkDrafter>)` to the DSpark candidate generator.
+`generate(..., assistant_model=<DSparkDrafter>)` to DSpark's rounds (`decoding/routing.py`).
 """
 
 from transformers import AutoConfig, AutoModel
 
 from .configuration_dspark import DSparkConfig
-from .cpu_linears import onednn_linears
+from .decoding.candidates import DSparkCandidateGenerator
+from .decoding.policies import ConfidenceThreshold, FixedLength, GatingPolicy, PrefixScheduler, schedule_batch
+from .decoding.profile import CostProfile, load_profile
+from .decoding.round import DSparkStats
+from .decoding.routing import install_generate_routing, make_gating
 from .drafters import DEFAULT_DRAFTER, load_drafter
-from .gating import ConfidenceThreshold, FixedLength, GatingPolicy, make_gating
-from .generation import DSparkCandidateGenerator, DSparkStats
+from .kernels.cpu_linears import onednn_linears
 from .modeling_dspark import DSparkDrafter
-from .scheduler import CostProfile, PrefixScheduler, load_profile, schedule_batch
+from .notices import capture_count, fallback_counts
 from .targets import DEFAULT_TARGET, load_target
 
 __version__ = "0.1.0"
 
 AutoConfig.register("dspark", DSparkConfig, exist_ok=True)
 AutoModel.register(DSparkConfig, DSparkDrafter, exist_ok=True)
+install_generate_routing()
 
 __all__ = [
     "DEFAULT_DRAFTER",
@@ -32,6 +36,8 @@ __all__ = [
     "FixedLength",
     "GatingPolicy",
     "PrefixScheduler",
+    "capture_count",
+    "fallback_counts",
     "load_drafter",
     "load_profile",
     "load_target",

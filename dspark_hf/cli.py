@@ -10,8 +10,8 @@ from typing import Any
 
 from transformers import TextStreamer
 
+from .configuration_dspark import parse_gating
 from .drafters import load_drafter
-from .gating import parse_gating
 from .targets import encode_prompt, load_target, log, sampling_kwargs, timed_generate
 
 
@@ -54,7 +54,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "target": target.config.name_or_path,
         "device": str(target.device),
         "temperature": args.temperature,
-        "gating": args.gating or drafter.gating or drafter.config.gating,
+        "gating": args.gating or drafter.config.gating,
     }
     if args.compare:
         plain, plain_seconds = timed_generate(target, inputs, args.seed, **kwargs)
@@ -170,8 +170,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from .decoding.profile import load_profile, profile_path
     from .evaluation.report import environment
-    from .scheduler import load_profile, profile_path
 
     if any(b < 1 for b in args.batch_sizes):
         raise ValueError(f"--batch-sizes must be positive, got {args.batch_sizes}")
@@ -262,6 +262,14 @@ def cmd_draft_vocab(args: argparse.Namespace) -> int:
         shutil.copytree(source, output, dirs_exist_ok=True)
     config.save_pretrained(output)
     log(f"drafter written to {output}")
+    return 0
+
+
+def cmd_export_hub(args: argparse.Namespace) -> int:
+    from .export_hub import export_hub
+
+    folder = export_hub(args.drafter or args.folder, args.folder)
+    log(f"Hub folder written to {folder}: upload it with `hf upload <org>/<name> {folder}`")
     return 0
 
 
@@ -425,6 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
     vocab.add_argument("--limit", type=int, default=None, help="count over the first N conversations")
     vocab.add_argument("--target", default=None, help=TARGET_HELP)
     vocab.set_defaults(func=cmd_draft_vocab)
+
+    hub = sub.add_parser("export-hub", help="make a drafter folder a Hub repo that loads with trust_remote_code")
+    hub.add_argument("folder", help="the Hub folder to write (card, config, weights, calibration, two code files)")
+    hub.add_argument("--drafter", default=None, help="drafter folder to export (default: FOLDER itself, in place)")
+    hub.set_defaults(func=cmd_export_hub)
     return parser
 
 

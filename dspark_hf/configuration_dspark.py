@@ -1,14 +1,31 @@
 """DSpark drafter configuration.
 
-Self-contained on purpose: this file travels with every checkpoint as Hub remote code, so it may only import
-from `transformers` and from its sibling files.
+This file is also the Hub folder's configuration code (`dspark export-hub`), so it imports only `transformers`.
 """
 
 from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-from .gating import parse_gating
+GATING_NAMES = ("scheduler", "threshold", "fixed")
+
+
+def parse_gating(spec: str) -> tuple[str, float | None]:
+    """`"name"` or `"name:value"` → (name, value); raises on anything else, naming the accepted forms."""
+    name, _, value = spec.partition(":")
+    problem = name not in GATING_NAMES or (name == "scheduler" and value)
+    try:
+        number = float(value) if value else None
+    except ValueError:
+        problem = True
+    if not problem and name == "fixed" and number is not None and (number != int(number) or number < 0):
+        problem = True
+    if problem:
+        raise ValueError(
+            f"Unknown gating {spec!r}: choose 'scheduler', 'threshold' (or 'threshold:<a in [0, 1]>'), "
+            "'fixed' (all drafts) or 'fixed:<L>', or pass a callable policy"
+        )
+    return name, number
 
 
 def default_target_layer_ids(num_target_layers: int, num_features: int = 5) -> list[int]:

@@ -13,7 +13,8 @@ from pathlib import Path
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from .modeling_dspark import DSparkDrafter, check_target_compatible
-from .targets import hub_reachable, log
+from .notices import log
+from .targets import hub_reachable
 
 DEFAULT_DRAFTER = "dspark-hf/SmolLM2-135M-Instruct-DSpark"
 DEFAULT_DFLASH = "dspark-hf/SmolLM2-135M-Instruct-DFlash-ablation"  # the benchmark's ablation: no Markov head, CE
@@ -66,7 +67,7 @@ def load_drafter(
             return DSparkDrafter.from_target(target), False
         name_or_path = source
     model = AutoModel.from_pretrained(str(name_or_path), **from_pretrained_kwargs)
-    if getattr(model, "_dspark_candidate_generator", None) is None:
+    if not isinstance(model, DSparkDrafter):
         raise ValueError(
             f"{name_or_path} holds a {type(model).__name__} (model_type={model.config.model_type!r}), "
             "not a DSpark drafter (model_type='dspark')."

@@ -1,6 +1,6 @@
 """DSpark drafter: context fusion, parallel bidirectional backbone, Markov head and confidence head.
 
-One round of drafting reads like this (see `generation.py` for the loop around it):
+One round of drafting reads like this (`decoding/round.py` runs it inside generation):
 
 1. The target's hidden states at `config.target_layer_ids` for the newly verified positions are concatenated and
    fused (`fc` + RMSNorm). Every draft layer projects them to keys/values once; they stay in a `DSparkContextCache`.
@@ -11,15 +11,17 @@ One round of drafting reads like this (see `generation.py` for the loop around i
 3. Base logits come from the target's own (frozen, shared) LM head. The Markov head adds `W2 · W1[x_{k-1}]`,
    left to right, so each position sees the token drafted just before it; the confidence head
    `c_k = sigmoid(w · [h_k ; W1[x_{k-1}]] + b)` estimates the chance that each draft survives verification. That
-   sequential loop lives in `markov_kernel.py` (fused Triton kernel + PyTorch reference).
+   sequential loop lives in `kernels/markov.py` (fused Triton kernel + PyTorch reference).
 
-Self-contained on purpose: this file travels with every checkpoint as Hub remote code.
+The drafter only: no decoding here. This file is also the Hub folder's modeling code (`dspark export-hub` writes it
+with a small generate() routing appended, `hub_routing.py`), so it imports only torch, transformers and its config.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +30,6 @@ from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 
 from .configuration_dspark import DSparkConfig, check_draft_vocab
-from .cpu_linears import linear
-from .gating import GatingPolicy
-from .generation import DSparkCandidateGenerator, DSparkStats, install_generate_routing
 
 FINGERPRINT_ROWS = 16
 FINGERPRINT_DIMS = 4
@@ -230,7 +229,7 @@ class DSparkPreTrainedModel(PreTrainedModel):
 class DSparkDrafter(DSparkPreTrainedModel):
     """The DSpark drafter. Pass it as `assistant_model=` to a bound target's `generate()`.
 
-    `stats` holds the figures of the last `generate()` call (see `DSparkStats`).
+    `stats` holds the figures of the last `generate()` call with it (`dspark_hf.DSparkStats`).
     """
 
     def __init__(self, config: DSparkConfig):
@@ -246,8 +245,7 @@ class DSparkDrafter(DSparkPreTrainedModel):
         self.markov_in = nn.Embedding(config.vocab_size, rank) if rank else None  # W1
         self.markov_out = nn.Linear(rank, config.vocab_size, bias=False) if rank else None  # W2
         self.confidence_head = nn.Linear(d + rank, 1)
-        self.stats: DSparkStats | None = None  # figures of the last generate() call
-        self.gating: GatingPolicy | str | None = None  # overrides config.gating when set
+        self.stats: Any = None  # figures of the last generate() call, set by the routing that ran it
         self._bound: tuple[nn.Module, nn.Module, int] | None = None  # (embedding, lm head, id(target)); not stored
         self._draft_rows: tuple[tuple, tuple] | None = None  # (weights' identity, draft-vocabulary rows); see below
         self.post_init()
@@ -290,17 +288,16 @@ class DSparkDrafter(DSparkPreTrainedModel):
     def bind(self, target: PreTrainedModel) -> DSparkDrafter:
         """Share `target`'s input embedding and LM head (by reference, never copied or saved).
 
-        Moves the drafter to the target's device and dtype. Raises `ValueError` if the drafter was not built for
-        this target.
+        Moves the drafter to the target's device and dtype, again whenever the target moved or was cast since.
+        Raises `ValueError` if the drafter was not built for this target.
         """
-        if self._bound is not None and self._bound[2] == id(target):
-            return self
-        check_target_compatible(self.config, target)
         embedding, head = target.get_input_embeddings(), target.get_output_embeddings()
+        if self._bound is None or self._bound[2] != id(target):
+            check_target_compatible(self.config, target)
+            self._bound = (embedding, head, id(target))
+            self._draft_rows = None
         if embedding.weight.device != self.device or embedding.weight.dtype != self.dtype:
             self.to(device=embedding.weight.device, dtype=embedding.weight.dtype)
-        self._bound = (embedding, head, id(target))
-        self._draft_rows = None
         return self
 
     @property
@@ -398,18 +395,19 @@ class DSparkDrafter(DSparkPreTrainedModel):
         self._draft_rows = None
 
     def draft_logits(
-        self, hidden: torch.Tensor, restrict: bool = True
+        self, hidden: torch.Tensor, restrict: bool = True, linear: Callable = F.linear
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Base logits of a drafted block, the W2 rows to add the Markov bias with, and the draft vocabulary's token
         ids (None: logits and W2 span the whole vocabulary).
 
         With a draft vocabulary (and `restrict`) only its rows of the LM head and of W2 are used: on a CPU the
-        full-vocabulary LM head over a block costs about as much as a target forward. A draft outside it is never
-        proposed, which can only cost acceptance, never correctness: the target verifies every token."""
+        full-vocabulary LM head over a block costs about as much as a target forward (`linear` computes the rows'
+        product; the decoding core passes oneDNN's on a CPU). A draft outside it is never proposed, which can only
+        cost acceptance, never correctness: the target verifies every token."""
         if self.config.draft_vocab is None or not restrict:
             return self.lm_head(hidden), self.markov_weights()[1], None
         ids, weight, bias, w2 = self._draft_vocab_rows()
-        return linear(hidden, weight, bias), w2, ids  # oneDNN on a CPU: ~4× MKL at a block's few rows
+        return linear(hidden, weight, bias), w2, ids
 
     def _draft_vocab_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(ids, LM-head rows, LM-head bias rows, W2 rows), gathered once and reused while the weights are the same
@@ -423,11 +421,7 @@ class DSparkDrafter(DSparkPreTrainedModel):
             self._draft_rows = (identity, (ids, *rows))
         return self._draft_rows[1]
 
-    # ----- generate() integration ----------------------------------------------------------------------------------
-
-    def _dspark_candidate_generator(self, target: PreTrainedModel, **kwargs) -> DSparkCandidateGenerator:
-        """Called by the patched `GenerationMixin._get_candidate_generator` when this drafter is the assistant."""
-        return DSparkCandidateGenerator(drafter=self.bind(target), target=target, **kwargs)
+    # ----- the context cache ---------------------------------------------------------------------------------------
 
     def new_context_cache(self, capacity: int | None = None) -> DSparkContextCache:
         """An empty context cache; with `capacity`, its storage for that many positions is allocated now."""
@@ -482,8 +476,3 @@ def check_target_compatible(config: DSparkConfig, target: PreTrainedModel) -> No
             f"This DSpark drafter was built for {expected}, not for {got}: " + "; ".join(problems) + ". "
             "Load the drafter trained for this target, or build one with DSparkDrafter.from_target(target)."
         )
-
-
-DSparkConfig.register_for_auto_class()
-DSparkDrafter.register_for_auto_class("AutoModel")
-install_generate_routing()

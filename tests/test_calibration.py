@@ -6,8 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_target
-from test_trainer import distillation_rows, make_trainer
+from helpers import distillation_rows, make_trainer, tiny_target
 from transformers import AutoModel
 
 from dspark_hf.training import train_drafter

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_target
+from helpers import tiny_target
 
 from dspark_hf import DSparkDrafter
 from dspark_hf.cli import main

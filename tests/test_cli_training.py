@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import eval_prompts
+from helpers import eval_prompts
 from transformers import AutoModel
 
 from dspark_hf.cli import main

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_target
-from test_generation_tiny import assert_same_greedy, primed_drafter
+from helpers import assert_same_greedy, primed_drafter, tiny_target
 from torch import nn
 
-from dspark_hf import cpu_linears
-from dspark_hf.cpu_linears import (
+from dspark_hf import env
+from dspark_hf.decoding.profile import profile_path
+from dspark_hf.kernels import cpu_linears
+from dspark_hf.kernels.cpu_linears import (
     MIN_WEIGHT_ELEMENTS,
-    ONEDNN_ENV,
     linear,
     onednn_available,
     onednn_linear,
@@ -21,7 +21,6 @@ from dspark_hf.cpu_linears import (
     pack_weight,
     uses_onednn,
 )
-from dspark_hf.scheduler import profile_path
 
 pytestmark = [
     pytest.mark.compat,
@@ -132,7 +131,7 @@ def test_only_weights_large_enough_to_repay_the_call_go_to_onednn(monkeypatch):
 
 def test_env_turns_it_off(monkeypatch):
     model = nn.Linear(8, 8)
-    monkeypatch.setenv(ONEDNN_ENV, "0")
+    monkeypatch.setenv(env.ONEDNN, "0")
     assert not onednn_available() and not uses_onednn(model)
     with onednn_linears(model) as routed:
         assert routed == 0 and not swapped(model)
@@ -161,7 +160,7 @@ def test_generation_routes_target_and_drafter_and_profiles_as_it_runs(tmp_path, 
     with onednn_linears(target):
         assert profile_path(target) == routed_path
     assert [p.name for p in (tmp_path / "profiles").iterdir()] == [routed_path.name]  # what generate() measured
-    monkeypatch.setenv(ONEDNN_ENV, "0")
+    monkeypatch.setenv(env.ONEDNN, "0")
     assert profile_path(target) != routed_path
     assert_same_greedy(target, drafter, prompt, max_new_tokens=40, gating="scheduler")
     assert profile_path(target).exists()

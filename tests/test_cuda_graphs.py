@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_target
-from test_generation_tiny import primed_drafter
+from helpers import primed_drafter, tiny_target
 
-from dspark_hf.cuda_graphs import DraftingGraphs
-from dspark_hf.generation import DSparkCandidateGenerator
+from dspark_hf import FixedLength
+from dspark_hf.decoding import round
+from dspark_hf.decoding.round import Drafting, DraftingGraphs
 
 pytestmark = pytest.mark.compat
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -19,10 +19,10 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def fixed_shape_rounds(monkeypatch, capture: bool) -> None:
     """Make every generator draft through `DraftingGraphs`, captured or not, wherever it runs."""
 
-    def graphs(self):
-        return DraftingGraphs(self, self.max_length, max(self.block_size, self.lookup_tokens) + 1, capture=capture)
+    def graphs(drafter, settings, max_length, max_new):
+        return DraftingGraphs(drafter, max_length, max_new, capture=capture).use(settings, max_new)
 
-    monkeypatch.setattr(DSparkCandidateGenerator, "_drafting_graphs", graphs)
+    monkeypatch.setattr(round, "drafting_graphs", graphs)
 
 
 def rounds_of(target, drafter, prompt, **kwargs) -> tuple[list[int], list[int], list[int]]:
@@ -68,14 +68,11 @@ def test_fixed_shape_round_drafts_what_the_eager_round_drafts(monkeypatch, tmp_p
 
 def test_rows_past_the_new_ones_are_overwritten_and_never_seen():
     """An append writes `max_new` rows; the junk rows past the verified ones must not change the next draft."""
-    from transformers import GenerationConfig
-
     target = tiny_target(seed=5, sharp=4.0).to(DEVICE)
     ids = torch.randint(0, 32, (1, 10), generator=torch.Generator().manual_seed(5)).to(DEVICE)  # 9 verified, anchor
     drafter = primed_drafter(target, ids)
-    config = GenerationConfig(max_length=64)
-    generator = DSparkCandidateGenerator(drafter.bind(target), target, config, gating="fixed")
-    graphs = DraftingGraphs(generator, 64, max_new=8, capture=DEVICE == "cuda")
+    generator = Drafting(drafter.bind(target), FixedLength(), 64, set())
+    graphs = DraftingGraphs(drafter, 64, rows=8, capture=DEVICE == "cuda").use(generator.settings, 8)
     hidden = target(ids[:, :9], output_hidden_states=True).hidden_states
     for start, new in ((0, 3), (3, 2), (5, 4)):  # the context grows in steps, as rounds append
         graphs.append(tuple(h[:, start:] for h in hidden), new)

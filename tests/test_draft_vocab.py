@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_target
+from helpers import tiny_target
 from transformers import AutoModel
 
 from dspark_hf import DSparkDrafter

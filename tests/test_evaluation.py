@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import EVAL_DIR, prime_markov_head
+from helpers import EVAL_DIR, prime_markov_head
 
-from dspark_hf import DSparkDrafter
+from dspark_hf import DSparkDrafter, DSparkStats
 from dspark_hf.cli import main
 from dspark_hf.evaluation import evaluate_acceptance, merge_stats, read_eval_prompts, teacher_forced_acceptance
-from dspark_hf.generation import DSparkStats
 
 
 def test_merge_stats_pools_rounds_not_averages_of_taus():

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import eval_prompts, tiny_target
-from test_generation_tiny import primed_drafter
+from helpers import eval_prompts, primed_drafter, tiny_target
 
-from dspark_hf import cuda_graphs, load_drafter
-from dspark_hf.cuda_graphs import GraphSet
-from dspark_hf.static_loop import CAPACITY_STEP, StaticTarget
+from dspark_hf import fallback_counts, load_drafter, notices
+from dspark_hf.decoding import round, static_target
+from dspark_hf.decoding.graphs import GraphSet
+from dspark_hf.decoding.static_target import CAPACITY_STEP, StaticTarget
 from dspark_hf.targets import encode_prompt
 
 pytestmark = pytest.mark.compat
@@ -33,7 +33,7 @@ def generate(target, prompt, drafter, **kwargs) -> list[int]:
 @pytest.fixture()
 def warnings_seen(monkeypatch, capsys):
     """A fresh warn-once registry; returns a function giving the `[dspark]` lines printed so far."""
-    monkeypatch.setattr(cuda_graphs, "_WARNED", set())
+    monkeypatch.setattr(notices, "_WARNED", set())
     return lambda: [line for line in capsys.readouterr().err.splitlines() if line.startswith("[dspark]")]
 
 
@@ -41,7 +41,8 @@ def test_a_failed_capture_falls_back_to_exact_uncaptured_rounds(monkeypatch, tmp
     monkeypatch.setenv("DSPARK_HF_CACHE", str(tmp_path))
     monkeypatch.setenv("DSPARK_STATIC_LOOP", "1")
     monkeypatch.setenv("DSPARK_KERNEL", "triton")  # the drafting round is captured only with the fused kernel
-    monkeypatch.setattr(cuda_graphs, "capture_graphs", lambda device: True)  # on the CPU too: the capture is tried
+    for module in (round, static_target):  # on the CPU too: the capture is tried
+        monkeypatch.setattr(module, "capture_graphs", lambda device: True)
 
     def failing_capture(self, key, step, warmup=2):
         raise RuntimeError("injected capture failure")
@@ -49,9 +50,15 @@ def test_a_failed_capture_falls_back_to_exact_uncaptured_rounds(monkeypatch, tmp
     monkeypatch.setattr(GraphSet, "capture", failing_capture)
     target, prompt, drafter = setup(0)
     plain = target.generate(prompt, max_new_tokens=40, do_sample=False)[0].tolist()
-    for _ in range(2):  # the second call tries afresh, and fails the same way, silently
+    before = fallback_counts()
+    for call in range(1, 3):  # the second call tries afresh, and fails the same way: said once, counted every time
         assert generate(target, prompt, drafter, gating="fixed") == plain
         assert drafter.stats.loop == "static" and drafter.stats.accepted_tokens > 0
+        assert drafter.stats.fallbacks == ["drafting-capture", "verify-capture"]
+        assert drafter.stats.captures == 0 and "fell back: drafting-capture, verify-capture" in repr(drafter.stats)
+        counts = fallback_counts()
+        for kind in ("drafting-capture", "verify-capture"):
+            assert counts[kind] == before.get(kind, 0) + call
     lines = warnings_seen()
     assert len(lines) == 2, lines  # once for verification, once for drafting, in the whole process
     assert any("verification unavailable" in line for line in lines)
@@ -72,10 +79,12 @@ def test_an_error_in_the_static_loop_reruns_the_call_on_transformers_loop(monkey
         return forward(self, ids, start)
 
     monkeypatch.setattr(StaticTarget, "forward", failing_forward)
+    before = fallback_counts().get("static-loop", 0)
     assert generate(target, prompt, drafter, gating="fixed") == plain
-    assert drafter.stats.loop == "transformers"
+    assert drafter.stats.loop == "transformers" and drafter.stats.fallbacks == ["static-loop"]
     assert generate(target, prompt, drafter, gating="fixed") == plain  # the next call: the static loop again
-    assert drafter.stats.loop == "static" and len(calls) > 4
+    assert drafter.stats.loop == "static" and len(calls) > 4 and drafter.stats.fallbacks == []
+    assert fallback_counts()["static-loop"] == before + 1
     lines = warnings_seen()
     assert len(lines) == 1 and "injected failure in a verification forward" in lines[0], lines
 

@@ -4,27 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import prime_markov_head, tiny_target
+from helpers import assert_same_greedy, primed_drafter, tiny_target
 from transformers.generation.streamers import BaseStreamer
 
 from dspark_hf import ConfidenceThreshold, DSparkDrafter, FixedLength
 
 pytestmark = pytest.mark.compat
-
-
-def primed_drafter(target, prompt: torch.Tensor, new_tokens: int = 60, **overrides) -> DSparkDrafter:
-    """A drafter whose Markov head knows the target's greedy continuation of `prompt` (so drafts get accepted)."""
-    overrides.setdefault("markov_rank", 32)
-    drafter = DSparkDrafter.from_target(target, **overrides)
-    reference = target.generate(prompt, max_new_tokens=new_tokens, do_sample=False)
-    return prime_markov_head(drafter, [reference[0].tolist()])
-
-
-def assert_same_greedy(target, drafter, prompt, gating=None, **kwargs) -> torch.Tensor:
-    plain = target.generate(prompt, do_sample=False, **kwargs)
-    spec = target.generate(prompt, assistant_model=drafter, do_sample=False, gating=gating, **kwargs)
-    assert spec.tolist() == plain.tolist()
-    return spec
 
 
 @pytest.mark.parametrize("seed", range(6))

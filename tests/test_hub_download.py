@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_target
+from helpers import REMOTE_SCRIPT, run_isolated, tiny_target
 from hub_server import LocalHub
-from test_modeling import REMOTE_SCRIPT, run_isolated
 
 from dspark_hf import DSparkDrafter
+from dspark_hf.export_hub import CODE_FILES, export_hub
 
 pytestmark = pytest.mark.compat
 
@@ -25,6 +25,7 @@ print(json.dumps({"class": name, "block": drafter.config.block_size}))
 def served(tmp_path):
     target = tiny_target()
     DSparkDrafter.from_target(target, block_size=5).save_pretrained(tmp_path / "drafter")
+    export_hub(tmp_path / "drafter", tmp_path / "drafter")  # the repo as `dspark export-hub` writes it
     target.save_pretrained(tmp_path / "target")
     with LocalHub({"dspark-test/tiny-drafter": tmp_path / "drafter"}) as hub:
         env = {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "0"}
@@ -44,5 +45,4 @@ def test_download_with_remote_code_only(served):
     assert out["class"].startswith("transformers_modules.") and not out["dspark_hf_imported"]
     assert out["identical"] and out["rounds"] > 0
     fetched = {r.rsplit("/", 1)[-1] for r in hub.requests if r.startswith("GET") and "/resolve/" in r}
-    code = {"modeling_dspark.py", "generation.py", "gating.py", "markov_kernel.py", "configuration_dspark.py"}
-    assert code <= fetched
+    assert set(CODE_FILES) <= fetched and not {name for name in fetched if name.endswith(".py")} - set(CODE_FILES)

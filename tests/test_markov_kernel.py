@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_target
+from helpers import tiny_target
 from transformers import LogitsProcessorList
 from transformers.generation.logits_process import (
     RepetitionPenaltyLogitsProcessor,
@@ -14,7 +14,7 @@ from transformers.generation.logits_process import (
 )
 
 from dspark_hf import DSparkDrafter
-from dspark_hf import markov_kernel as mk
+from dspark_hf.kernels import markov as mk
 
 pytestmark = pytest.mark.skipif(mk.triton is None, reason="triton is not installed")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import prime_markov_head, tiny_target
+from helpers import prime_markov_head, tiny_target
 
-from dspark_hf import DSparkDrafter, PrefixScheduler
+from dspark_hf import DSparkDrafter, FixedLength, PrefixScheduler
+from dspark_hf.decoding.round import Drafting, lookup_continuation
 from dspark_hf.evaluation import replay_rounds
-from dspark_hf.generation import lookup_continuation
 
 pytestmark = pytest.mark.compat
 
@@ -124,13 +124,8 @@ def test_replay_takes_the_rounds_generate_takes(seed):
     assert replayed.verified_per_round == drafter.stats.verified_per_round
 
 
-def lookup_generator(target, drafter, gating, lookup_tokens: int = 8):
-    from transformers import GenerationConfig
-
-    from dspark_hf.generation import DSparkCandidateGenerator
-
-    config = GenerationConfig(max_length=200, prompt_lookup_num_tokens=lookup_tokens, max_matching_ngram_size=2)
-    return DSparkCandidateGenerator(drafter.bind(target), target, config, gating=gating)
+def lookup_generator(target, drafter, policy, lookup_tokens: int = 8) -> Drafting:
+    return Drafting(drafter.bind(target), policy, 200, set(), lookup_tokens=lookup_tokens, lookup_ngram=2)
 
 
 def test_the_scheduler_sizes_lookup_continuations_from_their_measured_survival():
@@ -139,22 +134,22 @@ def test_the_scheduler_sizes_lookup_continuations_from_their_measured_survival()
     ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 2]])  # "1 2" occurred before: 3 4 5 ... follows
     dear = PrefixScheduler(verify_s=[1.0 + 0.25 * t for t in range(9)], draft_s=0.0)  # each token costs 1/4 forward
     generator = lookup_generator(target, drafter, dear)
-    assert generator._looked_up(ids, room=50, first_token=None) == [3, 4, 5, 6, 7, 8, 9, 10]  # nothing seen yet
+    assert generator._looked_up(ids, 50, first_token=None) == [3, 4, 5, 6, 7, 8, 9, 10]  # nothing seen yet
     # 20 lookup rounds: position 1 accepted 18 times, position 2 twice out of those 18, none later
     for accepted in [0] * 2 + [1] * 16 + [2] * 2:
         generator._pending = (8, 8, True)
-        generator.update_candidate_strategy(ids, None, accepted)
+        generator.record(accepted)
     assert generator.lookup_reached[:4] == [20, 18, 2, 0] and generator.lookup_accepted[:3] == [18, 2, 0]
     # survival 19/21, then x 3/19, then x 1/3: the second position no longer pays a quarter of a forward
-    assert generator._looked_up(ids, room=50, first_token=None) == [3]
+    assert generator._looked_up(ids, 50, first_token=None) == [3]
     # where tokens are nearly free (the H200's launch-bound forwards) the same history verifies all of it
     flat = lookup_generator(target, drafter, PrefixScheduler(verify_s=[1.0] * 8 + [1.01], draft_s=0.0))
     flat.lookup_reached, flat.lookup_accepted = generator.lookup_reached, generator.lookup_accepted
-    assert flat._looked_up(ids, room=50, first_token=None) == [3, 4, 5, 6, 7, 8, 9, 10]
+    assert flat._looked_up(ids, 50, first_token=None) == [3, 4, 5, 6, 7, 8, 9, 10]
     # fixed and threshold policies verify what was found, as Transformers' own prompt lookup does
-    fixed = lookup_generator(target, drafter, "fixed")
+    fixed = lookup_generator(target, drafter, FixedLength())
     fixed.lookup_reached, fixed.lookup_accepted = generator.lookup_reached, generator.lookup_accepted
-    assert fixed._looked_up(ids, room=5, first_token=None) == [3, 4, 5, 6, 7]
+    assert fixed._looked_up(ids, 5, first_token=None) == [3, 4, 5, 6, 7]
 
 
 @pytest.mark.parametrize("seed", range(3))

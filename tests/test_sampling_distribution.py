@@ -16,7 +16,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_target
+from helpers import tiny_target
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper
 
 from dspark_hf import DSparkDrafter, PrefixScheduler

@@ -10,8 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_target
-from test_generation_tiny import assert_same_greedy, primed_drafter
+from helpers import assert_same_greedy, primed_drafter, tiny_target
 
 from dspark_hf import (
     ConfidenceThreshold,
@@ -24,7 +23,8 @@ from dspark_hf import (
     make_gating,
     schedule_batch,
 )
-from dspark_hf.scheduler import _median_seconds, convex_envelope, drafter_signature, isotonic, profile_path
+from dspark_hf.decoding.policies import convex_envelope, isotonic
+from dspark_hf.decoding.profile import _median_seconds, drafter_signature, profile_path
 
 pytestmark = pytest.mark.compat
 
@@ -207,15 +207,15 @@ def test_greedy_look_ahead_takes_the_best_length_past_a_cost_step():
 def test_generate_looks_ahead_only_when_greedy(tmp_path, monkeypatch):
     from transformers import GenerationConfig
 
-    from dspark_hf.generation import DSparkCandidateGenerator
+    from dspark_hf.decoding.routing import resolve_policy
 
     monkeypatch.setenv("DSPARK_HF_CACHE", str(tmp_path))
     target = tiny_target(seed=1, sharp=4.0)
     drafter = DSparkDrafter.from_target(target).bind(target)
     for do_sample in (False, True):
         config = GenerationConfig(max_length=64, do_sample=do_sample)
-        generator = DSparkCandidateGenerator(drafter, target, config, gating="scheduler")
-        assert isinstance(generator.gating, PrefixScheduler) and generator.gating.look_ahead is not do_sample
+        policy = resolve_policy("scheduler", target, drafter, config, static=False)
+        assert isinstance(policy, PrefixScheduler) and policy.look_ahead is not do_sample
     prompt = torch.randint(0, 32, (1, 6), generator=torch.Generator().manual_seed(1))
     drafter = primed_drafter(target, prompt)
     step = PrefixScheduler([1.0, 1.6, 1.6, 1.6, 1.6, 1.6, 1.7, 1.7], draft_s=0.0, look_ahead=True)

@@ -7,21 +7,20 @@ import json
 import re
 
 import pytest
-from conftest import eval_prompts, tiny_target
+from helpers import eval_prompts, run_isolated, tiny_target
 from hub_server import LocalHub
 from safetensors import safe_open
-from test_modeling import run_isolated
 
 import dspark_hf
 from dspark_hf import DSparkDrafter
 from dspark_hf.drafters import DEFAULT_DRAFTER, MODEL_CARDS, load_drafter
+from dspark_hf.export_hub import export_hub
 from dspark_hf.targets import encode_prompt, smollm2_folder
 
 # the shipped folder must load and draft on the oldest supported transformers too: every test but the longest one
 # (the shipped drafter on the real target, through dspark_hf) runs again there (`compat`)
 
 FOLDER = MODEL_CARDS / DEFAULT_DRAFTER.split("/")[1]
-PACKAGE = FOLDER.parents[1] / "dspark_hf"
 
 
 def card_metadata() -> dict[str, str]:
@@ -39,28 +38,12 @@ def test_folder_is_a_complete_hub_repo():
     assert (FOLDER / "model.safetensors").stat().st_size < 50 * 2**20
     config = json.loads((FOLDER / "config.json").read_text())
     assert config["model_type"] == "dspark" and config["target_name_or_path"] == dspark_hf.DEFAULT_TARGET
-    assert config["auto_map"] == {
-        "AutoConfig": "configuration_dspark.DSparkConfig",
-        "AutoModel": "modeling_dspark.DSparkDrafter",
-    }
     assert len(config["confidence_temperatures"]) == config["block_size"], "calibrated"
     assert config["gating"] == "scheduler"  # the default policy: measured costs, not a fixed rule
     vocab = config["draft_vocab"]  # the 8192 most frequent ShareGPT response tokens and EOS (`dspark draft-vocab`)
     assert len(vocab) == 8193 and 2 in vocab and vocab == sorted(set(vocab))
-    # the remote code is the package's own, byte for byte: a stale copy would run other code than the tests cover
-    names = (
-        "configuration_dspark.py",
-        "modeling_dspark.py",
-        "generation.py",
-        "gating.py",
-        "scheduler.py",
-        "markov_kernel.py",
-        "cuda_graphs.py",
-        "static_loop.py",
-        "cpu_linears.py",
-    )
-    for name in names:
-        assert (FOLDER / name).read_text() == (PACKAGE / name).read_text(), f"{name} differs from dspark_hf/{name}"
+    # no code is committed beside the weights: `dspark export-hub` writes it from the package (no stale copy)
+    assert not [p.name for p in FOLDER.iterdir() if p.suffix == ".py"] and "auto_map" not in config
     with safe_open(FOLDER / "model.safetensors", "pt") as weights:
         keys = set(weights.keys())
     assert any(k.startswith("markov_") for k in keys) and not any("embed_tokens" in k or "lm_head" in k for k in keys)
@@ -169,10 +152,11 @@ print(json.dumps({
 
 @pytest.mark.slow
 @pytest.mark.compat
-def test_the_folder_alone_drafts_for_smollm2_with_remote_code(smollm2):
+def test_the_folder_alone_drafts_for_smollm2_with_remote_code(smollm2, tmp_path):
     """A Hub user's path: no dspark_hf import, `trust_remote_code=True` runs the folder's own code on the real
     target (loaded by Transformers alone, from the GGUF's converted folder; the default gating, the scheduler,
     profiles the device from that code too), output identical to plain greedy, drafts accepted."""
-    out = run_isolated(REMOTE_ON_SMOLLM2, str(FOLDER), str(smollm2_folder()), eval_prompts("gsm8k", 1)[0])
+    hub = export_hub(FOLDER, tmp_path / "hub")  # the repo as uploaded: the folder plus its two code files
+    out = run_isolated(REMOTE_ON_SMOLLM2, str(hub), str(smollm2_folder()), eval_prompts("gsm8k", 1)[0])
     assert out["class"].startswith("transformers_modules.") and not out["dspark_hf_imported"]
     assert out["identical"] and out["rounds"] > 0 and out["accepted"] > 0

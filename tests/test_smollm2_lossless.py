@@ -3,14 +3,14 @@
 
 Runs on the CPU everywhere (CI) and, where CUDA is present (the H200), also on the GPU, in float32. (In bfloat16 the
 target's own logits differ between a one-token forward and a block-verify forward, so near-ties can break
-differently; bench/h200_smollm2_lossless_2026-11-28.log records that run.)
+differently, so bfloat16 output is not held to that.)
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import eval_prompts, prime_markov_head
+from helpers import eval_prompts, prime_markov_head
 
 from dspark_hf import DSparkDrafter, load_target
 from dspark_hf.targets import encode_prompt

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import prime_markov_head
+from helpers import prime_markov_head
 
 from dspark_hf import DSparkDrafter
 from dspark_hf.targets import encode_prompt

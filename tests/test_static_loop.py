@@ -11,13 +11,13 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_target
-from test_generation_tiny import primed_drafter
+from helpers import primed_drafter, tiny_target
 from transformers import DynamicCache
 from transformers.generation.streamers import BaseStreamer
 
 from dspark_hf import PrefixScheduler
-from dspark_hf.static_loop import StaticTarget, speculative_sampling
+from dspark_hf.decoding.round import speculative_sampling
+from dspark_hf.decoding.static_target import StaticTarget
 
 pytestmark = pytest.mark.compat  # the loop uses StaticCache's write position, so 5.17 must run it too
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

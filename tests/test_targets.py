@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 import torch
-from conftest import tiny_target
+from helpers import tiny_target
 
 from dspark_hf import DEFAULT_TARGET, load_target, targets
 from dspark_hf.targets import encode_prompt

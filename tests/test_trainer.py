@@ -11,37 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_target
-from transformers import AutoModel, TrainingArguments
+from helpers import distillation_rows, make_trainer, tiny_target
+from transformers import AutoModel
 
-from dspark_hf import DSparkDrafter
 from dspark_hf.evaluation import merge_stats, replay_rounds
-from dspark_hf.training import DSparkTrainer, DSparkTrainingModel, collate_batch, initial_drafter, train_drafter
+from dspark_hf.training import initial_drafter, train_drafter
 
 HERE = Path(__file__).resolve().parent
 
 pytestmark = pytest.mark.compat  # training runs on the GPU image's transformers 5.17 too
-
-
-def distillation_rows(target, n: int = 16, seed: int = 1) -> list[dict[str, list[int]]]:
-    """Self-distillation data: prompts continued by the target itself, loss on the continuation."""
-    prompts = torch.randint(0, 32, (n, 4), generator=torch.Generator().manual_seed(seed))
-    ids = target.generate(prompts, max_new_tokens=28, do_sample=False)
-    return [{"input_ids": row.tolist(), "loss_mask": [0] * 4 + [1] * (len(row) - 4)} for row in ids]
-
-
-def make_trainer(out: Path, steps: int, rows, init_seed: int = 0, seed: int = 0, **overrides) -> DSparkTrainer:
-    torch.manual_seed(init_seed)
-    target = tiny_target(seed=7, sharp=4.0)
-    drafter = DSparkDrafter.from_target(target, markov_rank=16, block_size=4)
-    settings = dict(
-        output_dir=str(out), max_steps=steps, per_device_train_batch_size=4, learning_rate=3e-3,
-        lr_scheduler_type="linear", warmup_steps=2, logging_steps=1, save_steps=steps // 2, report_to=[],
-        disable_tqdm=True, use_cpu=True, seed=seed, data_seed=seed, dataloader_num_workers=0,
-    )  # fmt: skip
-    args = TrainingArguments(**{**settings, **overrides})
-    model = DSparkTrainingModel(drafter, target, num_anchors=8)
-    return DSparkTrainer(model=model, args=args, train_dataset=rows, data_collator=collate_batch)
 
 
 def test_trainer_lowers_the_loss_and_checkpoints_are_drafters(tmp_path):

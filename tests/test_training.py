@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_target
+from helpers import tiny_target
 from transformers import AutoModel
 
 from dspark_hf import DSparkDrafter

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..generation import DSparkStats, cut_at_eos, lookup_continuation
+from ..decoding.round import DSparkStats, cut_at_eos, greedy_accept, lookup_continuation, room
 from ..targets import encode_prompt, eos_ids, generate_continuations
 
 
@@ -181,20 +181,14 @@ def replay_rounds(
     stats = DSparkStats(block_size=max(gamma, prompt_lookup_tokens))
     anchor = prompt_len  # the first round drafts after the token the prefill produced
     while anchor < length - 1:  # generation ends at max_new_tokens or once EOS is in
-        room = prompt_len + max_new_tokens - anchor - 2
-        drafted = drafts[anchor - prompt_len][: max(min(gamma, room), 0)]
+        space = room(prompt_len + max_new_tokens, anchor + 1)
+        drafted = drafts[anchor - prompt_len][: max(min(gamma, space), 0)]
         looked_up = []
         if prompt_lookup_tokens and drafted:
             found = lookup_continuation(tokens[: anchor + 1], max_matching_ngram_size, drafted[0])
-            looked_up = cut_at_eos(found[: min(prompt_lookup_tokens, room)], eos)
+            looked_up = cut_at_eos(found[: min(prompt_lookup_tokens, space)], eos)
         drafted = looked_up or cut_at_eos(drafted, eos)
-        accepted = 0
-        while (
-            accepted < len(drafted)
-            and anchor + 1 + accepted < length
-            and drafted[accepted] == tokens[anchor + 1 + accepted]
-        ):
-            accepted += 1
+        accepted = greedy_accept(tokens[anchor + 1 :], drafted)
         stats.record(len(drafted), len(drafted), accepted, bool(looked_up))
         anchor += accepted + 1
     return stats

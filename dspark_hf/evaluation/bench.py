@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..cpu_linears import onednn_linears, uses_onednn
+from ..kernels.cpu_linears import onednn_linears, uses_onednn
 from ..targets import encode_prompt, sampling_kwargs, synchronize, timed_generate
 
 
@@ -62,7 +62,7 @@ def method_kwargs(
         methods["dflash_lookup"] = dict(methods["dflash_ablation"], prompt_lookup_num_tokens=prompt_lookup_tokens)
     if drafters.get("dspark") is not None:  # the drafter's own default gating, then each one asked for
         drafter = drafters["dspark"]
-        default = drafter.gating or drafter.config.gating
+        default = drafter.config.gating
         methods["dspark"] = {"assistant_model": drafter, "gating": default}
         methods["dspark_lookup"] = dict(methods["dspark"], prompt_lookup_num_tokens=prompt_lookup_tokens)
         for gating in gatings:

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 import transformers
 
-from ..cpu_linears import onednn_available
-from ..scheduler import device_name
+from ..decoding.profile import device_name
+from ..kernels.cpu_linears import onednn_available
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from ..modeling_dspark import DSparkDrafter
+from .data import collate_batch
 from .forward import training_blocks
-from .trainer import collate_batch
 
 
 @torch.no_grad()

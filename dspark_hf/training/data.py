@@ -158,3 +158,20 @@ def load_rows(path: str | Path) -> list[dict[str, list[int]]]:
     if bad:
         raise ValueError(f"{path}: rows {bad[:5]} lack matching input_ids / loss_mask")
     return rows
+
+
+def collate_batch(rows: list[dict[str, list[int]]], pad_token_id: int = 0, max_length: int | None = None) -> dict:
+    """Right-pad rows of {"input_ids", "loss_mask"} to the longest (capped at `max_length`)."""
+    rows = [{k: r[k][:max_length] if max_length else r[k] for k in ("input_ids", "loss_mask")} for r in rows]
+    length = max(len(r["input_ids"]) for r in rows)
+    batch = {
+        "input_ids": torch.full((len(rows), length), pad_token_id, dtype=torch.long),
+        "loss_mask": torch.zeros(len(rows), length, dtype=torch.long),
+        "attention_mask": torch.zeros(len(rows), length, dtype=torch.long),
+    }
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        batch["input_ids"][i, :n] = torch.tensor(r["input_ids"])
+        batch["loss_mask"][i, :n] = torch.tensor(r["loss_mask"])
+        batch["attention_mask"][i, :n] = 1
+    return batch

@@ -21,6 +21,8 @@ from transformers import AutoConfig, PreTrainedModel, Trainer, TrainingArguments
 from transformers.utils import logging
 
 from ..modeling_dspark import DSparkDrafter, check_target_compatible
+from .calibration import calibrate
+from .data import collate_batch
 from .forward import training_forward
 from .losses import expected_tau
 
@@ -51,23 +53,6 @@ class DSparkTrainingModel(nn.Module):
             self.drafter, self.target, input_ids, loss_mask, attention_mask, self.num_anchors, self.loss_type
         )
         return {"loss": loss, **metrics}
-
-
-def collate_batch(rows: list[dict[str, list[int]]], pad_token_id: int = 0, max_length: int | None = None) -> dict:
-    """Right-pad rows of {"input_ids", "loss_mask"} to the longest (capped at `max_length`)."""
-    rows = [{k: r[k][:max_length] if max_length else r[k] for k in ("input_ids", "loss_mask")} for r in rows]
-    length = max(len(r["input_ids"]) for r in rows)
-    batch = {
-        "input_ids": torch.full((len(rows), length), pad_token_id, dtype=torch.long),
-        "loss_mask": torch.zeros(len(rows), length, dtype=torch.long),
-        "attention_mask": torch.zeros(len(rows), length, dtype=torch.long),
-    }
-    for i, r in enumerate(rows):
-        n = len(r["input_ids"])
-        batch["input_ids"][i, :n] = torch.tensor(r["input_ids"])
-        batch["loss_mask"][i, :n] = torch.tensor(r["loss_mask"])
-        batch["attention_mask"][i, :n] = 1
-    return batch
 
 
 class DSparkTrainer(Trainer):
@@ -186,8 +171,6 @@ def train_drafter(
     if calibration_rows and loss_type == "ce":
         logger.warning("the CE ablation does not train the confidence head: nothing to calibrate")
     elif calibration_rows:
-        from .calibration import calibrate
-
         trainer.calibration = calibrate(drafter, target, calibration_rows, num_anchors=num_anchors)
         if args.should_save:
             os.makedirs(output_dir, exist_ok=True)

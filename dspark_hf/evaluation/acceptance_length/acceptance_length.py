@@ -12,7 +12,7 @@ Each input row is one round: `accepted` drafts out of `verified` drafts the targ
 import datasets
 import evaluate
 
-from dspark_hf.generation import acceptance_length, position_acceptance
+from dspark_hf.decoding.round import acceptance_length, position_acceptance
 
 _DESCRIPTION = """Acceptance length τ of speculative decoding: tokens per target forward (accepted drafts + the target's
 bonus token, averaged over rounds), and for each block position the share of rounds verifying it that accepted it."""

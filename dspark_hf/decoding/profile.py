@@ -1,0 +1,282 @@
+"""Measured costs of a round's pieces, for the prefix scheduler (`policies.PrefixScheduler`).
+
+Verifying a draft is not free, and what it costs depends on the device: on a 2-core CPU a target forward grows with
+the tokens it carries, on an H200 it is flat at batch 1 (launch-bound). So the costs are measured once per (device,
+target, dtype, loop) by timing the round's own functions — the target's verification forward, the drafter's context
+append and `round.draft_block` —, cached on disk, and read back by every later call.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from time import perf_counter
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+
+from .. import env
+from ..kernels.cpu_linears import MIN_WEIGHT_ELEMENTS, onednn_linears, uses_onednn
+from . import compat
+from .policies import isotonic
+from .round import DraftSettings, draft_block, drafting_graphs
+from .static_target import StaticTarget
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from ..modeling_dspark import DSparkDrafter
+
+PROFILE_FORMAT = 1
+PROFILE_CONTEXT_TOKENS = 256  # the context a verification forward attends to while being timed (a typical prompt)
+
+
+def device_name(device: torch.device) -> str:
+    """The accelerator's name, or the CPU's model."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {model}"
+
+
+@dataclass
+class CostProfile:
+    """Measured costs on one device for one target in one dtype.
+
+    `verify_s[b][t - 1]`: seconds of one target forward carrying t new tokens for each of b sequences (b = batch size)
+    on a `context_tokens`-long cache, made nondecreasing in t. `draft_s[signature]`: seconds of one drafting round of a
+    drafter of that shape (`drafter_signature`), batch 1. CPU costs scale with torch's thread count, so it is kept.
+    """
+
+    device: str
+    target: str
+    dtype: str
+    context_tokens: int
+    cpu_threads: int
+    verify_s: dict[int, list[float]] = field(default_factory=dict)
+    draft_s: dict[str, float] = field(default_factory=dict)
+    format: int = PROFILE_FORMAT
+
+    def verify_time(self, tokens: float, batch: int = 1) -> float:
+        """T_v: seconds to verify `tokens` new tokens per sequence (linear between measured counts; at least 1)."""
+        if batch not in self.verify_s:
+            raise ValueError(
+                f"no verification costs measured for batch size {batch} (have {sorted(self.verify_s)}); "
+                f"run `dspark profile --batch-sizes {batch}`"
+            )
+        row = self.verify_s[batch]
+        if tokens > len(row):
+            raise ValueError(f"verification of {tokens:g} tokens per sequence is beyond the profile's {len(row)}")
+        t = max(float(tokens), 1.0)
+        low = int(t)
+        if low >= len(row):
+            return row[-1]
+        return row[low - 1] + (t - low) * (row[low] - row[low - 1])
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> CostProfile:
+        data = json.loads(text)
+        if data.get("format") != PROFILE_FORMAT:
+            raise ValueError(f"cost profile format {data.get('format')!r} is not {PROFILE_FORMAT}")
+        data["verify_s"] = {int(b): [float(s) for s in row] for b, row in data["verify_s"].items()}
+        return cls(**data)
+
+
+def drafter_signature(drafter: DSparkDrafter) -> str:
+    """What a drafting round's cost depends on: the drafter's shape and dtype (not its weights)."""
+    c = drafter.config
+    dtype = str(drafter.dtype).removeprefix("torch.")
+    shape = f"{c.num_hidden_layers}x{c.hidden_size}-ffn{c.intermediate_size}-markov{c.markov_rank}"
+    vocab = f"-vocab{len(c.draft_vocab)}" if c.draft_vocab else ""  # a draft vocabulary shrinks the LM-head work
+    return f"{shape}-block{c.block_size}{vocab}-{dtype}"
+
+
+def profile_path(target: PreTrainedModel, static: bool = False) -> Path:
+    """One file per (device, target, dtype, loop); the target is named by its config, so any two identical models
+    share. `static`: the costs of the static loop's forwards (`static_target.py`; replayed graphs on CUDA)."""
+    device, dtype = target.device, str(target.dtype).removeprefix("torch.")
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    identity = [device_name(device), threads, target.config.to_json_string(use_diff=False), dtype]
+    if uses_onednn(target):  # generation routes its larger linear layers (cpu_linears.py): the rule as it is now
+        identity.append(f"onednn-packed-from{MIN_WEIGHT_ELEMENTS}")
+    identity = json.dumps([*identity, "static"] if static else identity)
+    name = (target.config.name_or_path or target.config.model_type).rstrip("/").split("/")[-1]
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{device.type}-{name}-{dtype}{'-static' if static else ''}")
+    return env.cache_dir() / "profiles" / f"{slug}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}.json"
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _seconds(run: Callable[[], object], device: torch.device) -> float:
+    _synchronize(device)
+    started = perf_counter()
+    run()
+    _synchronize(device)
+    return perf_counter() - started
+
+
+def _median_seconds(
+    runs: Sequence[Callable[[], object]], device: torch.device, repeats: int, bar: tqdm | None = None
+) -> list[float]:
+    """Median time of each run. Interleaved (each pass times every run once, after one warm-up pass for allocator,
+    kernels and lazy inits): a slow spell on a shared machine then hits every shape alike instead of skewing a few."""
+    times: list[list[float]] = [[] for _ in runs]
+    for rep in range(repeats + 1):
+        for run, kept in zip(runs, times, strict=True):
+            seconds = _seconds(run, device)
+            if rep:
+                kept.append(seconds)
+        if bar is not None:
+            bar.update(1)
+    return [statistics.median(kept) for kept in times]
+
+
+@torch.no_grad()
+def measure_verify(
+    target: PreTrainedModel,
+    batch_sizes: Iterable[int],
+    max_tokens: int,
+    context_tokens: int = PROFILE_CONTEXT_TOKENS,
+    repeats: int = 7,
+    progress: bool = True,
+    static: bool = False,
+) -> dict[int, list[float]]:
+    """Time target forwards of 1..max_tokens new tokens per sequence on a prefilled cache, as verification runs them
+    (hidden states out, cache rolled back after each); `static`: as the static loop runs them (batch 1 only)."""
+    device = target.device
+    vocab = target.get_output_embeddings().weight.shape[0]
+    batch_sizes = sorted(set(batch_sizes))
+    cache_kw = compat.cache_keyword(target)
+    passes = len(batch_sizes) * (repeats + 1)
+    bar = tqdm(total=passes, desc="profiling verification", unit="pass", disable=not progress)
+    costs: dict[int, list[float]] = {}
+    for batch in batch_sizes:
+        ids = torch.randint(vocab, (batch, context_tokens + max_tokens), generator=torch.Generator().manual_seed(0))
+        ids = ids.to(device)
+        if static:
+            if batch != 1:
+                raise ValueError("the static loop runs batch size 1 only")
+            on_static = StaticTarget.for_target(target, context_tokens + max_tokens)
+            on_static.forward(ids[:, :context_tokens], 0)
+            verify = functools.partial(on_static.forward, start=context_tokens)
+        else:
+            cache = DynamicCache(config=target.config)
+            target(ids[:, :context_tokens], use_cache=True, **{cache_kw: cache})
+
+            def verify(new: torch.Tensor, cache: DynamicCache = cache) -> None:
+                target(new, use_cache=True, output_hidden_states=True, **{cache_kw: cache})
+                cache.crop(-new.shape[1])
+
+        runs = [
+            functools.partial(verify, ids[:, context_tokens : context_tokens + n]) for n in range(1, max_tokens + 1)
+        ]
+        with onednn_linears(target):  # as generation runs them
+            costs[batch] = isotonic(_median_seconds(runs, device, repeats, bar))
+    bar.close()
+    return costs
+
+
+@torch.no_grad()
+def measure_draft(
+    target: PreTrainedModel, drafter: DSparkDrafter, context_tokens: int = PROFILE_CONTEXT_TOKENS, repeats: int = 7
+) -> float:
+    """Time a greedy drafting round as a call runs it — append three newly verified positions to a long cached
+    context, draft a block (`round.draft_block`, or its graphs where the round is captured), the one host copy — at
+    batch 1."""
+    drafter.bind(target)
+    new, gamma = 3, drafter.config.block_size
+    vocab = target.get_output_embeddings().weight.shape[0]
+    ids = torch.randint(vocab, (1, context_tokens + 1), generator=torch.Generator().manual_seed(0)).to(target.device)
+    hidden = target(ids[:, :-1], output_hidden_states=True).hidden_states
+    last = tuple(h[:, -new:] for h in hidden)
+    settings = DraftSettings.of(drafter, do_sample=False, logits_processor=None)
+    graphs = drafting_graphs(drafter, settings, context_tokens + 8 * gamma, gamma + 1)
+    cache = graphs.cache if graphs is not None else drafter.new_context_cache()
+    drafter.append_context(cache, drafter.fuse_context(hidden, context_tokens - new))
+    steady = cache.length
+    positions = torch.arange(context_tokens, context_tokens + gamma, device=target.device)[None]
+
+    def draft() -> None:
+        cache.length = steady  # rewind: the same three positions are appended again each time
+        if graphs is not None:
+            graphs.append(last, new)
+            graphs.draft(ids[:, -1]).packed.tolist()
+            return
+        drafter.append_context(cache, drafter.fuse_context(last))
+        context = [cache.get(i) for i in range(len(drafter.layers))]
+        draft_block(drafter, settings, ids[:, -1], positions, context, prefix_ids=ids).packed.tolist()
+
+    with onednn_linears(target, drafter):  # as generation runs it
+        return _median_seconds([draft], target.device, repeats)[0]
+
+
+def load_profile(
+    target: PreTrainedModel,
+    drafter: DSparkDrafter | None = None,
+    batch_sizes: Iterable[int] = (1,),
+    max_tokens: int | None = None,
+    refresh: bool = False,
+    progress: bool = True,
+    static: bool = False,
+) -> CostProfile:
+    """The cached profile for this (device, target, dtype), measuring and saving whatever it lacks: the batch sizes,
+    up to `max_tokens` tokens per sequence (default: the drafter's block + 1), and the drafter's round. `static`: the
+    static loop's costs (batch 1), kept in a file of their own."""
+    path = profile_path(target, static)
+    max_tokens = max_tokens or (drafter.config.block_size + 1 if drafter is not None else 8)
+    profile = None
+    if path.exists() and not refresh:
+        try:
+            profile = CostProfile.from_json(path.read_text())
+        except (ValueError, KeyError, TypeError) as err:
+            print(f"[dspark] ignoring unreadable cost profile {path} ({err}); measuring again", file=sys.stderr)
+    if profile is None:
+        profile = CostProfile(
+            device=device_name(target.device), target=target.config.name_or_path or target.config.model_type,
+            dtype=str(target.dtype).removeprefix("torch."), context_tokens=PROFILE_CONTEXT_TOKENS,
+            cpu_threads=torch.get_num_threads(),
+        )  # fmt: skip
+    missing = [b for b in batch_sizes if len(profile.verify_s.get(b, ())) < max_tokens]
+    signature = drafter_signature(drafter) if drafter is not None else None
+    if not missing and (signature is None or signature in profile.draft_s):
+        return profile
+    if progress:
+        print(f"[dspark] measuring costs on {profile.device} once; cached at {path}", file=sys.stderr)
+    if missing:
+        profile.verify_s.update(
+            measure_verify(target, missing, max_tokens, profile.context_tokens, progress=progress, static=static)
+        )  # fmt: skip
+    if signature is not None and signature not in profile.draft_s:
+        profile.draft_s[signature] = measure_draft(target, drafter, profile.context_tokens)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(profile.to_json())
+        tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+    except OSError as err:  # a read-only home must not stop generation: use the measurement, say it is not kept
+        print(f"[dspark] could not cache the cost profile at {path} ({err}); set DSPARK_HF_CACHE", file=sys.stderr)
+    return profile
