@@ -11,12 +11,13 @@ from typing import Any
 from transformers import TextStreamer
 
 from .configuration_dspark import parse_gating
-from .drafters import load_drafter
+from .drafters import check_drafter_source, load_drafter
 from .targets import encode_prompt, load_target, log, sampling_kwargs, timed_generate
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    target, tokenizer = load_target(args.target, device=args.device, dtype=args.dtype)
+    check_drafter_source(args.drafter)  # before the target loads
+    target, tokenizer = load_target(args.target, allow_pickle=args.allow_pickle, device=args.device, dtype=args.dtype)
     drafter, trained = load_drafter(args.drafter, target)
     if not trained:
         log(
@@ -98,7 +99,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.teacher_forced and (any(t > 0 for t in args.temperature) or args.gating != "fixed"):
         raise ValueError("--teacher-forced replays greedy rounds with fixed gating: drop --temperature / --gating")
     sets = {path: read_eval_prompts(path, args.limit) for path in args.data}  # every file checked before loading
-    target, tokenizer = load_target(args.target, device=args.device, dtype=args.dtype)
+    check_drafter_source(args.drafter)
+    target, tokenizer = load_target(args.target, allow_pickle=args.allow_pickle, device=args.device, dtype=args.dtype)
     drafter, trained = load_drafter(args.drafter, target)
     if not trained:
         log("drafter: untrained (DSparkDrafter.from_target) - expect tau near 1. Pass --drafter for a trained one.")
@@ -140,7 +142,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.profile_limit is not None and args.profile_limit < 1:
         raise ValueError(f"--profile-limit must be at least 1, got {args.profile_limit}")
     prompts = read_eval_prompts(args.data, args.limit)
-    target, tokenizer = load_target(args.target, device=args.device, dtype=args.dtype)
+    check_drafter_source(args.drafter)
+    check_drafter_source(args.dflash_drafter)
+    target, tokenizer = load_target(args.target, allow_pickle=args.allow_pickle, device=args.device, dtype=args.dtype)
     drafters, labels = {}, {}
     for method, name in (("dspark", args.drafter), ("dflash_ablation", args.dflash_drafter)):
         if args.methods is not None and not any(m.startswith(method.split("_")[0]) for m in args.methods):
@@ -154,7 +158,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             log(f"{method}: no trained drafter, left out of the benchmark")
     result = benchmark(
         target, tokenizer, prompts, drafters, args.max_new_tokens, args.temperature, args.repeats, args.seed,
-        args.prompt_lookup_tokens, args.gating, args.methods, args.profile_limit,
+        args.prompt_lookup_tokens, args.gating, args.methods, args.profile_limit, compiled=not args.no_compiled,
     )  # fmt: skip
     report = {
         **result, "data": str(args.data), "prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
@@ -177,7 +181,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-sizes must be positive, got {args.batch_sizes}")
     if args.max_tokens is not None and args.max_tokens < 1:
         raise ValueError(f"--max-tokens must be at least 1, got {args.max_tokens}")
-    target, _ = load_target(args.target, device=args.device, dtype=args.dtype)
+    check_drafter_source(args.drafter)
+    target, _ = load_target(args.target, allow_pickle=args.allow_pickle, device=args.device, dtype=args.dtype)
     drafter, trained = load_drafter(args.drafter, target)
     profile = load_profile(target, drafter, args.batch_sizes, args.max_tokens, refresh=not args.cached)
     report = {
@@ -191,7 +196,7 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
     from .training.data import prepare_data, read_prompts
 
     prompts = read_prompts(args.prompts, args.limit)
-    target, tokenizer = load_target(args.target, device=args.device, dtype=args.dtype)
+    target, tokenizer = load_target(args.target, allow_pickle=args.allow_pickle, device=args.device, dtype=args.dtype)
     path = prepare_data(
         target, tokenizer, prompts, args.output, args.max_new_tokens, args.batch_size, args.max_prompt_tokens,
         args.temperature, args.static_cache,
@@ -209,7 +214,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     rows, calibration_rows = (rows[:-held_out], rows[-held_out:]) if held_out else (rows, None)
     if not held_out:
         log("too few rows to hold some out: the confidences stay uncalibrated")
-    target, tokenizer = load_target(args.target, device=args.device, dtype=args.dtype)
+    target, tokenizer = load_target(args.target, allow_pickle=args.allow_pickle, device=args.device, dtype=args.dtype)
     extra = {"max_steps": args.steps} if args.steps else {"num_train_epochs": args.epochs}
     trainer = train_drafter(
         target, rows, args.output, markov_rank=args.markov_rank, block_size=args.block_size, loss_type=args.loss,
@@ -247,7 +252,7 @@ def cmd_draft_vocab(args: argparse.Namespace) -> int:
     config = AutoConfig.from_pretrained(source)
     if config.model_type != "dspark":
         raise ValueError(f"{args.drafter} holds a {config.model_type!r} model, not a DSpark drafter")
-    target, tokenizer = load_target(args.target, device="cpu")
+    target, tokenizer = load_target(args.target, allow_pickle=args.allow_pickle, device="cpu")
     check_target_compatible(config, target)  # the tokens are counted with this target's tokenizer
     if args.size is None:
         ids = None
@@ -274,6 +279,7 @@ def cmd_export_hub(args: argparse.Namespace) -> int:
 
 
 DRAFTER_HELP = "drafter folder or Hub id (default: the shipped SmolLM2 drafter; 'untrained' for a fresh one)"
+PICKLE_HELP = "also load a target whose weights are pickles (.bin), which can run code: only if you trust it"
 TARGET_HELP = "target Hub id, folder or .gguf (default: SmolLM2-135M-Instruct)"
 GATING_HELP = (
     "prefix policy per round: scheduler (L maximising expected tokens/s from measured costs), threshold[:a] or "
@@ -301,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=DRAFTER_HELP,
     )
     gen.add_argument("--target", default=None, help=TARGET_HELP)
+    gen.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     gen.add_argument("--gating", type=gating_spec, default=None, help=GATING_HELP)
@@ -321,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="one or more; 0 = greedy (default), e.g. --temperature 0 1")  # fmt: skip
     ev.add_argument("--drafter", default=None, help=DRAFTER_HELP)
     ev.add_argument("--target", default=None, help=TARGET_HELP)
+    ev.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     ev.add_argument("--gating", type=gating_spec, default="fixed",
                     help="fixed (default) verifies every draft, so tau measures the drafter alone")  # fmt: skip
     ev.add_argument(
@@ -352,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--prompt-lookup-tokens", type=int, default=16,
                        help="prompt_lookup_num_tokens of the *lookup rows")  # fmt: skip
     bench.add_argument("--target", default=None, help=TARGET_HELP)
+    bench.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     bench.add_argument("--out", default=None, help="write OUT.json, OUT.md (table) and OUT.png (plot)")
     bench.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     bench.add_argument("--gating", type=gating_spec, nargs="+", default=[],
@@ -360,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", nargs="+", default=None,
                        help="run only these (plain, the baseline, always runs), e.g. --methods dspark "
                        "dspark_fixed")  # fmt: skip
+    bench.add_argument("--no-compiled", action="store_true",
+                       help="leave out plain_compiled (Transformers' static cache, compiled: the baseline that counts; "
+                       "its compile takes minutes on a small CPU)")  # fmt: skip
     bench.add_argument("--profile-limit", type=int, default=None,
                        help="the where-the-time-goes pass covers the first N prompts (default: all)")  # fmt: skip
     bench.add_argument("--device", default=None)
@@ -375,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--cached", action="store_true", help="reuse a cached profile; measure only what it lacks")
     prof.add_argument("--drafter", default=None, help=DRAFTER_HELP)
     prof.add_argument("--target", default=None, help=TARGET_HELP)
+    prof.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     prof.add_argument("--out", default=None, help="write OUT.json, OUT.md (table) and OUT.png (plot)")
     prof.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     prof.add_argument("--device", default=None)
@@ -385,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--prompts", default="sharegpt", help="'sharegpt' (default) or a JSONL file of prompts")
     prep.add_argument("--output", required=True, help="folder for data.jsonl")
     prep.add_argument("--target", default=None, help=TARGET_HELP)
+    prep.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     prep.add_argument("--limit", type=int, default=None, help="use the first N prompts")
     prep.add_argument("--max-new-tokens", type=int, default=512)
     prep.add_argument("--max-prompt-tokens", type=int, default=1024)
@@ -400,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", required=True, help="folder or data.jsonl from `dspark prepare-data`")
     train.add_argument("--output", required=True, help="checkpoints and the final drafter folder")
     train.add_argument("--target", default=None, help=TARGET_HELP)
+    train.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     train.add_argument("--init", default=None, help="drafter (folder or Hub id) to go on training on new data")
     train.add_argument("--markov-rank", type=int, default=128, help="0 = no Markov head (DFlash ablation)")
     train.add_argument("--loss", choices=["dspark", "ce"], default="dspark", help="ce = the DFlash ablation's loss")
@@ -432,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "responses) or 'sharegpt' (the dataset's assistant turns; default)")  # fmt: skip
     vocab.add_argument("--limit", type=int, default=None, help="count over the first N conversations")
     vocab.add_argument("--target", default=None, help=TARGET_HELP)
+    vocab.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
     vocab.set_defaults(func=cmd_draft_vocab)
 
     hub = sub.add_parser("export-hub", help="make a drafter folder a Hub repo that loads with trust_remote_code")

@@ -37,6 +37,22 @@ def default_drafter_source(repo_id: str = DEFAULT_DRAFTER) -> str | None:
     return None
 
 
+def check_drafter_source(name_or_path: str | os.PathLike | None) -> None:
+    """Refuse early a drafter argument that names a folder which is not there. A Hub id is `name` or `org/name`;
+    anything else that looks like a path (absolute, `./`, `../`, `~`, more than one `/`) must be a folder."""
+    if name_or_path is None or str(name_or_path) == UNTRAINED:
+        return
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    looks_like_path = isinstance(name_or_path, os.PathLike) or text.startswith(("/", ".", "~")) or text.count("/") > 1
+    if looks_like_path and not path.is_dir():
+        what = "is a file, not a folder" if path.exists() else "not found"
+        raise ValueError(
+            f"drafter folder {text} {what}: pass a folder holding config.json and model.safetensors, a Hub id "
+            "(org/name), or 'untrained'"
+        )
+
+
 def load_drafter(
     name_or_path: str | os.PathLike | None,
     target: PreTrainedModel,
@@ -50,6 +66,7 @@ def load_drafter(
     one, saying why, when `default` is not at hand or was trained for another target. Raises `ValueError` for a
     checkpoint that is not a DSpark drafter or was trained for another target.
     """
+    check_drafter_source(name_or_path)
     if str(name_or_path) == UNTRAINED:
         return DSparkDrafter.from_target(target), False
     if name_or_path is None:

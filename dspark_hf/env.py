@@ -10,6 +10,9 @@ options); these switches are for what has no keyword: turning a fast path off fo
 - `DSPARK_KERNEL` (default `auto`): the Markov drafting step's backend, `triton` or `torch` (the PyTorch reference).
 - `DSPARK_ONEDNN` (default `1`): `0` leaves CPU fp32 linear layers to PyTorch's default (no oneDNN routing).
 - `DSPARK_HF_CACHE` (default `~/.cache/dspark_hf`): fetched files (the GGUF target, its converted folder), profiles.
+- `DSPARK_DRAFTER` (default unset: the shipped drafter): the drafter the demo (`space/app.py`) loads (folder or Hub id).
+- `DSPARK_EVAL_DIR` (default `../shared/data/eval` beside the checkout): the eval prompts the demo's examples and the
+  tests read.
 
 Transformers' and the Hub's own variables (`HF_HUB_OFFLINE`, `HF_ENDPOINT`) are honoured as they define them.
 """
@@ -24,6 +27,8 @@ STATIC_LOOP = "DSPARK_STATIC_LOOP"
 KERNEL = "DSPARK_KERNEL"
 ONEDNN = "DSPARK_ONEDNN"
 CACHE = "DSPARK_HF_CACHE"
+DRAFTER = "DSPARK_DRAFTER"
+EVAL_DIR = "DSPARK_EVAL_DIR"
 
 
 def cuda_graphs_enabled() -> bool:
@@ -46,6 +51,16 @@ def onednn_enabled() -> bool:
 def cache_dir() -> Path:
     """Where dspark-hf keeps fetched files and cost profiles."""
     return Path(os.environ.get(CACHE, Path.home() / ".cache" / "dspark_hf")).expanduser()
+
+
+def demo_drafter() -> str | None:
+    """The drafter the demo loads (None: the shipped one)."""
+    return os.environ.get(DRAFTER) or None
+
+
+def eval_dir(default: Path) -> Path:
+    """Where the eval prompts are: $DSPARK_EVAL_DIR, else `default`."""
+    return Path(os.environ.get(EVAL_DIR, default))
 
 
 def hub_offline() -> bool:

@@ -124,8 +124,27 @@ def smollm2_folder() -> Path:
     return folder
 
 
-def _from_pretrained(source: str, dtype: torch.dtype, **kwargs) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def refuse_pickled_weights(folder: Path) -> None:
+    """A folder whose weights exist only as pickles: loading them can run code, so it takes an explicit opt-in."""
+    if any(folder.glob("*.safetensors")) or any(folder.glob("*.gguf")):
+        return
+    pickles = sorted(p.name for pattern in PICKLED_WEIGHTS for p in folder.glob(pattern))
+    if pickles:
+        raise ValueError(
+            f"{folder} holds its weights only as pickles ({', '.join(pickles[:3])}), which can run code when loaded; "
+            "convert them to safetensors, or pass allow_pickle=True (CLI: --allow-pickle) if you trust the files"
+        )
+
+
+def _from_pretrained(
+    source: str, dtype: torch.dtype, allow_pickle: bool = False, **kwargs
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    if not allow_pickle and "gguf_file" not in kwargs:
+        kwargs["use_safetensors"] = True  # a Hub repo with pickles only fails here, in Transformers' words
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     return model, tokenizer
 
@@ -135,11 +154,13 @@ def load_target(
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    allow_pickle: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a target model and its tokenizer, in eval mode on `device` (default: CUDA if present, else CPU).
 
     `name_or_path`: a Hub id, a local model directory, a `.gguf` file, or None for SmolLM2-135M-Instruct.
-    `dtype` defaults to float32 (see `resolve_dtype`).
+    `dtype` defaults to float32 (see `resolve_dtype`). Weights load from safetensors (or GGUF) only, unless
+    `allow_pickle=True` lets `pytorch_model.bin`-style pickles load too.
     """
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)
@@ -148,10 +169,12 @@ def load_target(
     if path.is_file() and path.suffix == ".gguf":
         model, tokenizer = _from_pretrained(str(path.parent), dtype, gguf_file=path.name)
     elif path.is_dir():
-        model, tokenizer = _from_pretrained(str(path), dtype)
+        if not allow_pickle:
+            refuse_pickled_weights(path)
+        model, tokenizer = _from_pretrained(str(path), dtype, allow_pickle)
     else:
         try:
-            model, tokenizer = _from_pretrained(name, dtype, local_files_only=True)
+            model, tokenizer = _from_pretrained(name, dtype, allow_pickle, local_files_only=True)
         except OSError:
             if name != DEFAULT_TARGET:
                 if not hub_reachable():
@@ -159,9 +182,9 @@ def load_target(
                         f"{name!r} is not in the local Hugging Face cache and the Hub is not reachable; "
                         "pass a local directory, or connect and retry."
                     ) from None
-                model, tokenizer = _from_pretrained(name, dtype)
+                model, tokenizer = _from_pretrained(name, dtype, allow_pickle)
             elif hub_reachable():
-                model, tokenizer = _from_pretrained(name, dtype)
+                model, tokenizer = _from_pretrained(name, dtype, allow_pickle)
             else:
                 try:
                     source, kwargs = str(smollm2_folder()), {}

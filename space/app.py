@@ -23,13 +23,15 @@ import torch
 from transformers import TextIteratorStreamer
 
 import dspark_hf
+from dspark_hf import env
 from dspark_hf.drafters import load_drafter
 from dspark_hf.targets import encode_prompt
 
-MAX_PROMPT_CHARS = 4000
+MAX_PROMPT_CHARS = 4000  # a cheap bound before tokenizing; the real one is in tokens
+MAX_PROMPT_TOKENS = 1024  # one request may not hold the single-slot queue for long on a 2-core machine
 MAX_NEW_TOKENS = 512
 LOOKUP_TOKENS = 16  # prompt_lookup_num_tokens beside the drafter when the box is ticked (what `dspark bench` runs)
-EVAL_DIR = Path(os.environ.get("DSPARK_EVAL_DIR", Path(__file__).resolve().parents[1].parent / "shared/data/eval"))
+EVAL_DIR = env.eval_dir(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval")
 FALLBACK_EXAMPLES = {
     "math": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
     "How many clips did Natalia sell altogether in April and May?",
@@ -116,6 +118,21 @@ class SideBySide:
         sampling = {"do_sample": False} if temperature <= 0 else {"do_sample": True, "temperature": float(temperature)}
         kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling)
         inputs = encode_prompt(self.tokenizer, prompt, self.target.device)
+        tokens = inputs["input_ids"].shape[1]
+        context = getattr(self.target.config, "max_position_embeddings", None) or tokens + max_new_tokens
+        if tokens > MAX_PROMPT_TOKENS or tokens + max_new_tokens > context:
+            limit = min(MAX_PROMPT_TOKENS, context - max_new_tokens)
+            yield (
+                "",
+                [],
+                (
+                    f"**The prompt is too long**: {tokens} tokens with the chat template, at most {limit} here "
+                    f"(this demo's limit is {MAX_PROMPT_TOKENS} prompt tokens, and prompt + new tokens must fit the "
+                    f"model's context of {context}). Shorten it, or run `dspark generate` for longer prompts."
+                ),
+                None,
+            )
+            return
         try:
             plain_text, plain_tokens, plain_s = "", [], 0.0
             for plain_text, done, seconds in self._stream(inputs, kwargs):
@@ -194,7 +211,7 @@ def build_demo(app: SideBySide) -> gr.Blocks:
 
 def main() -> None:
     target, tokenizer = dspark_hf.load_target()
-    drafter, trained = load_drafter(os.environ.get("DSPARK_DRAFTER") or None, target)
+    drafter, trained = load_drafter(env.demo_drafter(), target)
     app = SideBySide(target, tokenizer, drafter, trained)
     # warm-up (and, the first time on a machine, the scheduler's cost profile): the first request runs steady
     for _ in app.run("Hello", 8, 0.0, "scheduler"):

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
 
-from dspark_hf import DSparkDrafter
+from dspark_hf import DSparkDrafter, env
 from dspark_hf.training import DSparkTrainer, DSparkTrainingModel, collate_batch
 
 # ../shared/data/eval beside the checkout; DSPARK_EVAL_DIR overrides it (the GPU machine gets a carried copy)
-EVAL_DIR = Path(os.environ.get("DSPARK_EVAL_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "eval"))
+EVAL_DIR = env.eval_dir(Path(__file__).resolve().parents[2] / "shared" / "data" / "eval")
 
 
 def tiny_target(vocab_size: int = 32, seed: int = 0, sharp: float = 1.0, **overrides) -> LlamaForCausalLM:

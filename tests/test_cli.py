@@ -104,7 +104,8 @@ def test_quickstart_example_runs():
         [sys.executable, str(script), "--max-new-tokens", "16"], capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "identical to plain generate(): True" in result.stdout
+    assert "identical to plain generate(): yes" in result.stdout and "speed-up" in result.stdout
+    assert "DSparkStats(τ=" in result.stdout
 
 
 def test_profile_command_measures_caches_and_reports(tiny_dir, tmp_path, capsys, monkeypatch):
@@ -147,3 +148,32 @@ def test_generate_gating_option(tiny_dir, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*args, "--gating", "fixed:x"])
     assert exit_.value.code == 2 and "Unknown gating" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (["[1, 2]"], "line 1: expected one JSON object per line"),
+        (['{"turns": ["fine"]}', '{"turns": ["a" "b"]}'], "line 2: not valid JSON"),
+        (['{"turns": "abc"}'], "line 1: expected one JSON object per line"),
+        (['{"prompt": "no turns"}'], "line 1: expected"),
+    ],
+)
+@pytest.mark.parametrize("command", ["eval", "bench"])
+def test_bad_prompt_files_are_refused_before_any_model_loads(tmp_path, capsys, command, lines, message):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    # a target that does not exist: reaching the model load would fail with another message
+    assert main([command, "--data", str(data), "--target", str(tmp_path / "no-target")]) == 1
+    err = capsys.readouterr().err
+    assert f"{data}, {message}" in err and "turns" in err
+
+
+@pytest.mark.parametrize("command", ["generate", "eval", "bench", "profile"])
+def test_a_missing_drafter_folder_is_named_before_the_target_loads(tmp_path, capsys, command):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"turns": ["hi"]}\n')
+    args = {"generate": ["--prompt", "hi"], "eval": ["--data", str(data)], "bench": ["--data", str(data)]}
+    code = main([command, *args.get(command, []), "--drafter", "/nonexistent/drafter", "--target", str(tmp_path / "t")])
+    err = capsys.readouterr().err
+    assert code == 1 and "drafter folder /nonexistent/drafter not found" in err, err

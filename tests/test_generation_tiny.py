@@ -7,7 +7,7 @@ import torch
 from helpers import assert_same_greedy, primed_drafter, tiny_target
 from transformers.generation.streamers import BaseStreamer
 
-from dspark_hf import ConfidenceThreshold, DSparkDrafter, FixedLength
+from dspark_hf import ConfidenceThreshold, DSparkDrafter, FixedLength, notices
 
 pytestmark = pytest.mark.compat
 
@@ -189,6 +189,29 @@ def test_unsupported_modes_fail_early(tiny, kwargs, message):
     drafter = DSparkDrafter.from_target(tiny)
     with pytest.raises(ValueError, match=message):
         tiny.generate(torch.tensor([[1, 2, 3]]), assistant_model=drafter, max_new_tokens=5, **kwargs)
+
+
+def test_an_empty_prompt_is_refused_in_words(tiny):
+    drafter = DSparkDrafter.from_target(tiny)
+    with pytest.raises(ValueError, match="a prompt of at least one token"):
+        tiny.generate(torch.zeros(1, 0, dtype=torch.long), assistant_model=drafter, max_new_tokens=5)
+
+
+def test_the_drafter_follows_its_target_when_the_target_is_cast_after_binding(monkeypatch, capsys):
+    monkeypatch.setattr(notices, "_WARNED", set())
+    target = tiny_target(seed=7, sharp=4.0)
+    prompt = torch.randint(0, 32, (1, 6), generator=torch.Generator().manual_seed(7))
+    drafter = primed_drafter(target, prompt)
+    assert_same_greedy(target, drafter, prompt, max_new_tokens=20)
+    target.to(torch.bfloat16)  # after the drafter was bound to it in float32
+    out = target.generate(prompt, assistant_model=drafter, max_new_tokens=20, do_sample=False, gating="fixed")
+    assert drafter.dtype == torch.bfloat16 and out.shape[1] == prompt.shape[1] + 20
+    target.generate(prompt, assistant_model=drafter, max_new_tokens=5, do_sample=False, gating="fixed")
+    said = [line for line in capsys.readouterr().err.splitlines() if "the target runs in bfloat16" in line]
+    assert len(said) == 1 and "float32 is the token-identity guarantee" in said[0], said  # once, on the first call
+    target.to(torch.float32)  # and back: identical to plain again
+    assert_same_greedy(target, drafter, prompt, max_new_tokens=20)
+    assert drafter.dtype == torch.float32
 
 
 def test_batch_and_padding_fail_early(tiny):

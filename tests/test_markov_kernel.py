@@ -265,3 +265,11 @@ def test_a_draft_vocabulary_refuses_processors_that_index_the_whole_vocabulary()
     penalty = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.3)])
     with pytest.raises(ValueError, match="draft vocabulary"):
         mk.markov_draft(**args, logits_processor=penalty, prefix_ids=args["anchor"].view(1, 1))
+
+
+def test_without_triton_cuda_tensors_take_the_pytorch_loop(monkeypatch):
+    """A CPU install goes without Triton (it is not a dependency): the dispatcher then picks the reference loop."""
+    monkeypatch.setattr(mk, "triton", None)
+    assert mk.resolve_backend(torch.device("cuda")) == "torch"
+    with pytest.raises(RuntimeError, match="Triton is not installed"):
+        mk.markov_draft_triton(**random_round(64, 8, 4, torch.float32, False, seed=0))

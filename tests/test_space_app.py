@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,11 @@ def test_side_by_side_run(smollm2):
 
     assert "Enter a prompt" in list(side.run("   ", 24, 0.0, "fixed"))[-1][2]
     assert "too long" in list(side.run("x" * (app.MAX_PROMPT_CHARS + 1), 24, 0.0, "fixed"))[-1][2]
+    # within the character bound, far past the token bound (~3 tokens a character): refused in tokens, at once
+    started = time.perf_counter()
+    message = list(side.run("龘" * app.MAX_PROMPT_CHARS, 24, 0.0, "fixed"))[-1][2]
+    assert "too long" in message and "tokens" in message and f"at most {app.MAX_PROMPT_TOKENS}" in message, message
+    assert time.perf_counter() - started < 5
     assert "Generation failed" in list(side.run(prompt, 24, 0.0, "no-such-gating"))[-1][2]
 
     updates = list(side.run(prompt, 24, 0.0, "fixed", lookup=False))

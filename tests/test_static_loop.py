@@ -157,6 +157,21 @@ def test_speculative_sampling_draws_from_the_target():
     assert abs(kept / draws - expected_kept) < 4 * math.sqrt(expected_kept * (1 - expected_kept) / draws)
 
 
+def test_a_draft_the_target_cannot_produce_is_never_kept_even_on_a_zero_draw(monkeypatch):
+    """Keep draft i while u < p_i / q_i, strictly, as Transformers does: with u = 0 exactly, a draft with p = 0 must
+    still be rejected (and one with p > 0 kept)."""
+    real_rand = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *args, **kwargs: torch.zeros_like(real_rand(*args, **kwargs)))
+    q_logits = torch.tensor([[0.0, 5.0, 0.0, 0.0]])  # the drafter proposed token 1
+    impossible = torch.tensor([[1.0, -float("inf"), 0.5, 0.0], [0.0, 0.0, 0.0, 0.0]])  # the target never says 1
+    for _ in range(20):
+        out = speculative_sampling(torch.tensor([1]), q_logits, impossible)
+        assert len(out) == 1 and int(out[0]) != 1, out
+    possible = impossible.clone()
+    possible[0, 1] = -20.0  # tiny but not zero: the zero draw keeps it
+    assert speculative_sampling(torch.tensor([1]), q_logits, possible)[0] == 1
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on the H200)")
 @torch.no_grad()
 def test_replayed_graphs_compute_what_the_forward_computes():

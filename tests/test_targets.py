@@ -88,3 +88,16 @@ def test_local_folder_and_errors(tmp_path, smollm2, monkeypatch):
             load_target("dspark-test/not-a-real-model")
     finally:
         targets.hub_reachable.cache_clear()
+
+
+def test_a_target_with_pickled_weights_only_needs_an_explicit_opt_in(tmp_path, smollm2):
+    tokenizer = smollm2[1]
+    target = tiny_target(vocab_size=tokenizer.vocab_size)
+    target.save_pretrained(tmp_path / "pickled")  # then its weights as an old checkpoint holds them: a pickle
+    (tmp_path / "pickled" / "model.safetensors").unlink()
+    torch.save(target.state_dict(), tmp_path / "pickled" / "pytorch_model.bin")
+    tokenizer.save_pretrained(tmp_path / "pickled")
+    with pytest.raises(ValueError, match=r"pytorch_model\.bin.*can run code.*allow_pickle=True"):
+        load_target(tmp_path / "pickled", device="cpu")
+    model, _ = load_target(tmp_path / "pickled", device="cpu", allow_pickle=True)
+    torch.testing.assert_close(model.lm_head.weight, target.lm_head.weight)

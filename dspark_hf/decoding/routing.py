@@ -140,6 +140,13 @@ def run_request(target: PreTrainedModel, drafter: DSparkDrafter, transformers_lo
     the device usable reruns the call on Transformers' loop, warning once."""
     gating = kwargs.pop("gating", None)
     validate_request(target, args, kwargs)
+    if target.dtype in (torch.bfloat16, torch.float16):
+        notices.warn_once(
+            "reduced-precision",
+            f"the target runs in {str(target.dtype).removeprefix('torch.')}: a forward that verifies several tokens "
+            "can break near-ties unlike one-token decoding, so greedy output may differ from plain generate() (as "
+            "with Transformers' own assisted decoding); float32 is the token-identity guarantee",
+        )
     drafter.bind(target)
     request = Request(drafter, gating)
     token = _REQUEST.set(request)

@@ -21,13 +21,19 @@ def read_eval_prompts(path: str | Path, limit: int | None = None) -> list[str]:
     if not path.is_file():
         raise ValueError(f"--data: {path} not found")
     prompts = []
+    expected = 'expected one JSON object per line, like {"turns": ["the prompt", ...]}'
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
-        turns = json.loads(line).get("turns")
-        if not turns or not str(turns[0]).strip():
-            raise ValueError(f'{path}:{number}: expected a row like {{"turns": ["prompt", ...]}}')
-        prompts.append(str(turns[0]))
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            problem = f"not valid JSON ({err.msg} at column {err.colno})"
+            raise ValueError(f"{path}, line {number}: {problem}; {expected}") from None
+        turns = row.get("turns") if isinstance(row, dict) else None
+        if not isinstance(turns, list) or not turns or not isinstance(turns[0], str) or not turns[0].strip():
+            raise ValueError(f"{path}, line {number}: {expected}; got {line.strip()[:80]!r}")
+        prompts.append(turns[0])
         if limit is not None and len(prompts) >= limit:
             break
     if not prompts:

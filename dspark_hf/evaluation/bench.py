@@ -1,4 +1,5 @@
-"""Speed against peers in one process, on the same prompts: plain `generate()`, Transformers' prompt lookup, the
+"""Speed against peers in one process, on the same prompts: plain `generate()` (eager, and `plain_compiled`:
+Transformers' static cache with its compiled decoding step, on every device), Transformers' prompt lookup, the
 DFlash ablation (no Markov head, CE-trained, same generator) and DSpark — under its default gating, with prompt lookup
 beside it (`dspark_lookup`: `prompt_lookup_num_tokens` and the drafter in one call; `dflash_lookup` the same for the
 ablation) and, for the gating comparison,
@@ -6,8 +7,11 @@ under any other gating policies (`dspark_<gating>` rows). On a CPU, `plain_onedn
 plain `generate()` and prompt lookup with the linear layers computed as DSpark's generation computes them there
 (`cpu_linears.py`): what the kernel alone is worth, and the peers on the same kernel.
 
-Each method is warmed up first; then every prompt runs through every method (the order rotates per repeat, so no
-method always follows the same one), the whole pass is repeated, and a method's figures are medians over passes.
+Each method is warmed up first (`plain_compiled` on the longest prompt and the whole token budget, so that its
+cache is allocated and its step compiled once; that warm-up's seconds are reported, never timed); then every prompt
+runs through every method (the order rotates per repeat, so no method always follows the same one), the whole pass is
+repeated, and a method's figures are medians over passes. `speedup` is against eager plain; `vs_best_plain` against
+the fastest plain row of the run (eager, compiled, oneDNN): the honest headline.
 """
 
 from __future__ import annotations
@@ -22,8 +26,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..decoding.compat import compiled_static_cache
 from ..kernels.cpu_linears import onednn_linears, uses_onednn
 from ..targets import encode_prompt, sampling_kwargs, synchronize, timed_generate
+
+PLAIN_METHODS = ("plain", "plain_compiled", "plain_onednn")  # the plain decodings a user can have
 
 
 @dataclass
@@ -46,11 +53,15 @@ def method_kwargs(
     gatings: Sequence[str] = (),
     only: Sequence[str] | None = None,
     cpu_onednn: bool = False,
+    compiled: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """generate() keywords per method; a drafter method without a drafter is left out. `gatings` adds one
-    `dspark_<gating>` row per policy; `only` keeps those methods (plain, the baseline, always stays); `cpu_onednn`
+    `dspark_<gating>` row per policy; `only` keeps those methods (plain and plain_compiled, the baselines, always
+    stay); `compiled=False` leaves plain_compiled out (its compile takes minutes on a small CPU); `cpu_onednn`
     adds the `plain_onednn` and `prompt_lookup_onednn` rows (run inside `onednn_linears`, see `method_context`)."""
     methods: dict[str, dict[str, Any]] = {"plain": {}}
+    if compiled:
+        methods["plain_compiled"] = compiled_static_cache()
     if cpu_onednn:
         methods["plain_onednn"] = {}
     methods["prompt_lookup"] = {"prompt_lookup_num_tokens": prompt_lookup_tokens}
@@ -72,7 +83,8 @@ def method_kwargs(
         unknown = set(only) - set(methods)
         if unknown:
             raise ValueError(f"unknown or unavailable methods {sorted(unknown)}; available: {sorted(methods)}")
-        methods = {name: kwargs for name, kwargs in methods.items() if name == "plain" or name in only}
+        kept = {"plain", "plain_compiled", *only}
+        methods = {name: kwargs for name, kwargs in methods.items() if name in kept}
     return methods
 
 
@@ -95,24 +107,35 @@ def benchmark(
     gatings: Sequence[str] = (),
     only: Sequence[str] | None = None,
     profile_prompts: int | None = None,
+    compiled: bool = True,
 ) -> dict[str, Any]:
     """Run every method on every prompt `repeats` times. Per method: `tok_s` (median over passes of the pass's new
-    tokens / seconds), `speedup` (against plain), `tau` (new tokens per target forward, prefills included: 1.0 for
+    tokens / seconds), `speedup` (against eager plain), `vs_best_plain` (against `best_plain`, the fastest plain
+    row), `warmup_s` (its untimed warm-up), `tau` (new tokens per target forward, prefills included: 1.0 for
     plain, one measure for every method), `identical` (greedy: every output equals plain's; None when sampling) and
     the passes' raw figures; drafter methods add `acceptance_rate` (accepted / verified drafts) and `mean_verified`
     (drafts verified per round). The profile pass runs over the first `profile_prompts` prompts (all by default)."""
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
     common = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling_kwargs(temperature))
-    methods = method_kwargs(drafters, prompt_lookup_tokens, gatings, only, cpu_onednn=uses_onednn(target))
+    methods = method_kwargs(
+        drafters, prompt_lookup_tokens, gatings, only, cpu_onednn=uses_onednn(target), compiled=compiled
+    )
     encoded = [encode_prompt(tokenizer, p, target.device) for p in prompts]
     forwards = [0]
     hook = target.register_forward_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
     runs = {name: MethodRuns() for name in methods}
+    warmup_s: dict[str, float] = {}
+    longest = max(encoded, key=lambda inputs: inputs["input_ids"].shape[1])
     try:
-        for name, kwargs in methods.items():  # warm-up: allocator, kernels, lazy inits
+        for name, kwargs in methods.items():  # warm-up: allocator, kernels, lazy inits, the compile
+            # the compiled static cache warms up at its largest shape: allocated and compiled once, before timing
+            inputs, budget = (longest, max_new_tokens) if "compile_config" in kwargs else (encoded[0], 16)
             with method_context(target, name):
-                target.generate(**encoded[0], **dict(common, max_new_tokens=min(16, max_new_tokens)), **kwargs)
+                started = perf_counter()
+                target.generate(**inputs, **dict(common, max_new_tokens=min(budget, max_new_tokens)), **kwargs)
+                synchronize(target.device)
+                warmup_s[name] = perf_counter() - started
         names = list(methods)
         bar = tqdm(total=repeats * len(prompts) * len(names), desc="benchmarking", unit="run")
         for rep in range(repeats):
@@ -143,6 +166,8 @@ def benchmark(
     finally:
         hook.remove()
     report = _summarize(runs, greedy=temperature == 0)
+    for name, seconds in warmup_s.items():
+        report["methods"][name]["warmup_s"] = seconds
     for name, kwargs in methods.items():
         with method_context(target, name):
             profile = profile_method(target, encoded[:profile_prompts], dict(common, **kwargs), seed)
@@ -189,11 +214,13 @@ def profile_method(target, encoded: list[dict[str, torch.Tensor]], generate_kwar
 def _summarize(runs: dict[str, MethodRuns], greedy: bool) -> dict[str, Any]:
     rates = {name: [t / s for t, s in zip(r.tokens, r.seconds, strict=True)] for name, r in runs.items()}
     tok_s = {name: statistics.median(rate) for name, rate in rates.items()}
+    best_plain = max((name for name in PLAIN_METHODS if name in tok_s), key=tok_s.__getitem__)
     methods = {}
     for name, run in runs.items():
         methods[name] = {
             "tok_s": tok_s[name],
             "speedup": tok_s[name] / tok_s["plain"],
+            "vs_best_plain": tok_s[name] / tok_s[best_plain],
             "tau": run.first_pass_tokens / run.forwards,
             "identical": run.outputs == runs["plain"].outputs if greedy else None,
             "tok_s_per_pass": rates[name],
@@ -202,4 +229,4 @@ def _summarize(runs: dict[str, MethodRuns], greedy: bool) -> dict[str, Any]:
         if run.rounds:
             methods[name]["acceptance_rate"] = run.accepted / run.verified if run.verified else None
             methods[name]["mean_verified"] = run.verified / run.rounds
-    return {"methods": methods}
+    return {"methods": methods, "best_plain": best_plain}
