@@ -454,7 +454,42 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("folder", help="the Hub folder to write (card, config, weights, calibration, two code files)")
     hub.add_argument("--drafter", default=None, help="drafter folder to export (default: FOLDER itself, in place)")
     hub.set_defaults(func=cmd_export_hub)
+    for command in sub.choices.values():
+        document_options(command)
     return parser
+
+
+# help for options that mean the same in every command that has them
+OPTION_HELP = {
+    "--max-new-tokens": "tokens to generate per prompt",
+    "--device": "cpu, cuda, cuda:1 ... (default: CUDA if present)",
+    "--dtype": "the target's dtype: float32 (default; the token-identity guarantee), bfloat16, float16",
+    "--seed": "random seed of sampling and of the prompts' order",
+    "--max-prompt-tokens": "prompts longer than this are skipped (cutting them would drop the chat template's head)",
+    "--batch-size": "prompts per batch",
+    "--block-size": "tokens the drafter drafts per round (γ)",
+    "--epochs": "passes over the data",
+    "--grad-accum": "batches per optimizer step",
+    "--lr": "peak learning rate (AdamW, cosine schedule)",
+    "--max-length": "tokens per training sequence (longer ones are cut)",
+    "--save-steps": "write a loadable drafter checkpoint every N steps",
+    "--logging-steps": "log loss and acceptance estimates every N steps",
+}
+
+
+def document_options(command: argparse.ArgumentParser) -> None:
+    """Every option says what it does and its default (shown by --help, and checked by the tests)."""
+    for action in command._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        option = action.option_strings[-1]
+        action.help = action.help or OPTION_HELP.get(option)
+        if action.help is None:
+            raise RuntimeError(f"{command.prog} {option} has no help text")  # a developer's error, caught by tests
+        unset = action.default is None or action.default is False or action.default in ([], argparse.SUPPRESS)
+        if not unset and "default" not in action.help:
+            default = " ".join(map(str, action.default)) if isinstance(action.default, list) else action.default
+            action.help += f" (default: {default})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,9 @@ options); these switches are for what has no keyword: turning a fast path off fo
 - `DSPARK_STATIC_LOOP` (default unset: on CUDA unless graphs are off): `0` never takes the static loop; `1` takes it
   on any device (uncaptured off CUDA, as the tests run it).
 - `DSPARK_KERNEL` (default `auto`): the Markov drafting step's backend, `triton` or `torch` (the PyTorch reference).
-- `DSPARK_ONEDNN` (default `1`): `0` leaves CPU fp32 linear layers to PyTorch's default (no oneDNN routing).
+- `DSPARK_ONEDNN` (default `auto`): whether DSpark's generation computes CPU fp32 linear layers with oneDNN;
+  `auto` measures once per machine and target whether that is faster (`decoding/profile.py`, `onednn_pays`), `1`
+  always, `0` never (PyTorch's default).
 - `DSPARK_HF_CACHE` (default `~/.cache/dspark_hf`): fetched files (the GGUF target, its converted folder), profiles.
 - `DSPARK_DRAFTER` (default unset: the shipped drafter): the drafter the demo (`space/app.py`) loads (folder or Hub id).
 - `DSPARK_EVAL_DIR` (default `../shared/data/eval` beside the checkout): the eval prompts the demo's examples and the
@@ -44,8 +46,16 @@ def kernel_choice() -> str:
     return os.environ.get(KERNEL, "auto").lower()
 
 
+def onednn_choice() -> str:
+    """'auto' (measured), '1' (always) or '0' (never)."""
+    choice = os.environ.get(ONEDNN, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "1", "0"):
+        raise ValueError(f"{ONEDNN} must be auto, 1 or 0; got {choice!r}")
+    return choice
+
+
 def onednn_enabled() -> bool:
-    return os.environ.get(ONEDNN, "1") != "0"
+    return onednn_choice() != "0"
 
 
 def cache_dir() -> Path:

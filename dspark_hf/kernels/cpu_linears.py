@@ -19,7 +19,8 @@ other path use the weight itself.
 `onednn_linears(*models)` swaps the `forward` of each plain fp32 CPU `nn.Linear` of the models whose weight has at
 least `MIN_WEIGHT_ELEMENTS` entries for the oneDNN call and restores it on exit, the way Accelerate's hooks swap
 `forward`; layers whose `forward` is already swapped (Accelerate, another caller) and subclasses (quantized layers)
-are left alone. `DSPARK_ONEDNN=0` turns it off (`env.py`).
+are left alone. Whether generation routes at all is measured per machine (`decoding/profile.py`, `onednn_pays`);
+`DSPARK_ONEDNN=0` turns it off everywhere (`env.py`).
 """
 
 from __future__ import annotations
