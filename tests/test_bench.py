@@ -25,6 +25,12 @@ pytestmark = pytest.mark.slow
 PLAIN_ONEDNN, LOOKUP_ONEDNN = (["plain_onednn"], ["prompt_lookup_onednn"]) if onednn_available() else ([], [])
 
 
+def bench_args(data: str, limit: int, max_new_tokens: int, *more: str) -> list[str]:
+    """`dspark bench` on the CPU over the first `limit` prompts of a shared eval set."""
+    return ["bench", "--data", str(EVAL_DIR / f"{data}.jsonl"), "--limit", str(limit), "--max-new-tokens",
+            str(max_new_tokens), "--device", "cpu", *more]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def markov_off(tmp_path_factory):
     """The shipped drafter with its Markov head removed: a trained rank-0 drafter standing in for the DFlash ablation,
@@ -43,25 +49,9 @@ def markov_off(tmp_path_factory):
 
 def test_bench_json_markdown_and_plot(tmp_path, capsys, markov_off):
     out = tmp_path / "gsm8k"
-    args = [
-        "bench",
-        "--data",
-        str(EVAL_DIR / "gsm8k.jsonl"),
-        "--limit",
-        "1",
-        "--max-new-tokens",
-        "24",
-        "--repeats",
-        "2",
-        "--dflash-drafter",
-        str(markov_off),
-        "--device",
-        "cpu",
-        "--json",
-        "--out",
-        str(out),
-        "--no-compiled",
-    ]  # fmt: skip  (plain_compiled: test_the_compiled_baseline_..., on a tiny target)
+    # plain_compiled is left out here (its compile costs minutes on SmolLM2): the tiny-target test below covers it
+    args = bench_args("gsm8k", 1, 24, "--repeats", "2", "--dflash-drafter", str(markov_off), "--json", "--out",
+                      str(out), "--no-compiled")  # fmt: skip
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     methods = report["methods"]
@@ -106,8 +96,7 @@ def test_bench_json_markdown_and_plot(tmp_path, capsys, markov_off):
 
 
 def test_bench_sampling_reports_no_identity_and_leaves_out_a_missing_ablation(capsys):
-    args = ["bench", "--data", str(EVAL_DIR / "mt-bench.jsonl"), "--limit", "1", "--max-new-tokens", "12",
-            "--repeats", "1", "--temperature", "1.0", "--device", "cpu", "--json", "--no-compiled"]  # fmt: skip
+    args = bench_args("mt-bench", 1, 12, "--repeats", "1", "--temperature", "1.0", "--json", "--no-compiled")
     assert main(args) == 0
     captured = capsys.readouterr()
     report = json.loads(captured.out.strip().splitlines()[-1])
@@ -147,10 +136,9 @@ def test_bench_refuses_zero_repeats_or_profile_prompts(capsys, option):
 def test_bench_compares_gating_policies_on_the_same_drafter(tmp_path, capsys):
     """`--gating` adds DSpark rows under other policies; each row says its policy, the share of verified drafts that
     were accepted and how many drafts it verified per round."""
-    args = ["bench", "--data", str(EVAL_DIR / "mt-bench.jsonl"), "--limit", "2", "--max-new-tokens", "32",
-            "--repeats", "1", "--gating", "fixed", "threshold", "scheduler", "--methods", "dspark", "dspark_fixed",
-            "dspark_threshold", "--profile-limit", "1", "--device", "cpu", "--json", "--no-compiled",
-            "--out", str(tmp_path / "g")]  # fmt: skip
+    args = bench_args("mt-bench", 2, 32, "--repeats", "1", "--gating", "fixed", "threshold", "scheduler", "--methods",
+                      "dspark", "dspark_fixed", "dspark_threshold", "--profile-limit", "1", "--json", "--no-compiled",
+                      "--out", str(tmp_path / "g"))  # fmt: skip
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     methods = report["methods"]
@@ -171,17 +159,7 @@ def test_bench_compares_gating_policies_on_the_same_drafter(tmp_path, capsys):
 
 
 def test_bench_refuses_unknown_methods_and_gatings(capsys):
-    base = [
-        "bench",
-        "--data",
-        str(EVAL_DIR / "gsm8k.jsonl"),
-        "--limit",
-        "1",
-        "--max-new-tokens",
-        "4",
-        "--device",
-        "cpu",
-    ]
+    base = bench_args("gsm8k", 1, 4)
     assert main([*base, "--methods", "dspark_fastest"]) == 1
     assert "unknown or unavailable methods ['dspark_fastest']" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
