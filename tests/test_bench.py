@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from helpers import EVAL_DIR, tiny_target
 
+from dspark_cli import main
 from dspark_hf import DSparkDrafter
-from dspark_hf.cli import main
 from dspark_hf.drafters import DEFAULT_DRAFTER, MODEL_CARDS
 from dspark_hf.evaluation.bench import benchmark, method_context
 from dspark_hf.evaluation.report import bench_markdown, environment

@@ -9,7 +9,7 @@ import torch
 from helpers import eval_prompts
 from transformers import AutoModel
 
-from dspark_hf.cli import main
+from dspark_cli import main
 
 pytestmark = pytest.mark.slow
 

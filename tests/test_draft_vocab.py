@@ -9,8 +9,8 @@ import torch
 from helpers import tiny_target
 from transformers import AutoModel
 
+from dspark_cli import main
 from dspark_hf import DSparkDrafter
-from dspark_hf.cli import main
 from dspark_hf.training.draft_vocab import count_tokens, coverage, most_frequent
 
 

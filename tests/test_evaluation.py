@@ -7,8 +7,8 @@ import json
 import pytest
 from helpers import EVAL_DIR, prime_markov_head
 
+from dspark_cli import main
 from dspark_hf import DSparkDrafter, DSparkStats
-from dspark_hf.cli import main
 from dspark_hf.evaluation import evaluate_acceptance, merge_stats, read_eval_prompts, teacher_forced_acceptance
 
 

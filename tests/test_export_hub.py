@@ -7,8 +7,8 @@ import json
 import pytest
 from helpers import REMOTE_SCRIPT, run_isolated, third_party_imports, tiny_target
 
+from dspark_cli import main
 from dspark_hf import DSparkDrafter
-from dspark_hf.cli import main
 from dspark_hf.export_hub import AUTO_MAP, PACKAGE, export_hub
 
 pytestmark = pytest.mark.compat
