@@ -9,12 +9,12 @@ options); these switches are for what has no keyword: turning a fast path off fo
   on any device (uncaptured off CUDA, as the tests run it).
 - `DSPARK_KERNEL` (default `auto`): the Markov drafting step's backend, `triton` or `torch` (the PyTorch reference).
 - `DSPARK_ONEDNN` (default `auto`): whether DSpark's generation computes CPU fp32 linear layers with oneDNN;
-  `auto` measures once per machine and target whether that is faster (`decoding/profile.py`, `onednn_pays`), `1`
-  always, `0` never (PyTorch's default).
+  `auto` measures once per machine and target from how many tokens a forward that is faster (`decoding/profile.py`,
+  `onednn_rows`), `1` always, `0` never (PyTorch's default).
 - `DSPARK_HF_CACHE` (default `~/.cache/dspark_hf`): fetched files (the GGUF target, its converted folder), profiles.
 - `DSPARK_DRAFTER` (default unset: the shipped drafter): the drafter the demo (`space/app.py`) loads (folder or Hub id).
-- `DSPARK_EVAL_DIR` (default `../shared/data/eval` beside the checkout): the eval prompts the demo's examples and the
-  tests read.
+- `DSPARK_EVAL_DIR` (default `../shared/data/eval` beside the checkout): the eval prompts the tests and the bench
+  scripts read.
 
 Transformers' and the Hub's own variables (`HF_HUB_OFFLINE`, `HF_ENDPOINT`) are honoured as they define them.
 """

@@ -7,11 +7,10 @@ when there is one; DSPARK_DRAFTER names the drafter (a folder or Hub id; default
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
+from html import escape
 from threading import Thread
 from time import perf_counter
 
@@ -32,25 +31,18 @@ MAX_PROMPT_CHARS = 4000  # a cheap bound before tokenizing; the real one is in t
 MAX_PROMPT_TOKENS = 1024  # one request may not hold the single-slot queue for long on a 2-core machine
 MAX_NEW_TOKENS = 512
 LOOKUP_TOKENS = 16  # prompt_lookup_num_tokens beside the drafter when the box is ticked (what `dspark bench` runs)
-EVAL_DIR = env.eval_dir(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval")
-FALLBACK_EXAMPLES = {
-    "math": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
-    "How many clips did Natalia sell altogether in April and May?",
-    "code": "Write a Python function that returns the n-th Fibonacci number.",
-    "chat": "Give me three tips for a good night's sleep.",
-}
-
-
-def examples() -> list[str]:
-    """One prompt each from math, code and chat: the shared eval sets when present, else built-in ones."""
-    prompts = []
-    for kind, name in (("math", "gsm8k"), ("code", "humaneval"), ("chat", "mt-bench")):
-        path = EVAL_DIR / f"{name}.jsonl"
-        try:
-            prompts.append(json.loads(path.read_text().splitlines()[0])["turns"][0])
-        except (OSError, ValueError, KeyError, IndexError):
-            prompts.append(FALLBACK_EXAMPLES[kind])
-    return prompts
+TEMPERATURES = {"greedy": 0.0, "0.7": 0.7, "1.0": 1.0}  # what the demo offers (and bench/demo_speed.py measures)
+# (category, title, prompt): the demo's examples, also the prompts of bench/demo_speed.py
+EXAMPLES = [
+    (
+        "Math",
+        "Clips sold in April and May",
+        "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+        "How many clips did Natalia sell altogether in April and May?",
+    ),
+    ("Code", "Fibonacci in Python", "Write a Python function that returns the n-th Fibonacci number."),
+    ("Chat", "Three tips for sleep", "Give me three tips for a good night's sleep."),
+]
 
 
 def token_sources(
@@ -75,11 +67,43 @@ def token_pieces(tokenizer, tokens: list[int]) -> list[str]:
     return pieces
 
 
+TEXT_STYLE = "white-space: pre-wrap; overflow-wrap: anywhere; line-height: 1.6; min-height: 16em; margin: 0"
+MARK_STYLE = "padding: 0; margin: 0; border-radius: 2px; color: inherit"
+
+
+def render_text(pieces: list[tuple[str, str | None]], colors: dict[str, str]) -> str:
+    """HTML of generated text laid out as written (line breaks, indentation, words whole), with the pieces whose
+    label has a colour marked inside the text; both panes use it, so their layouts match."""
+    runs: list[list] = []
+    for text, label in pieces:
+        if runs and runs[-1][1] == label:
+            runs[-1][0] += text
+        else:
+            runs.append([text, label])
+    body = "".join(
+        escape(text)
+        if label is None
+        else f'<mark data-source="{label}" title="{label}" style="{MARK_STYLE}; background: {colors[label]}">'
+        f"{escape(text)}</mark>"
+        for text, label in runs
+    )
+    return f'<div class="generated" style="{TEXT_STYLE}">{body}</div>'
+
+
+def legend(colors: dict[str, str]) -> str:
+    """The key to `render_text`'s marks."""
+    keys = " ".join(
+        f'<mark style="{MARK_STYLE}; background: {color}">&nbsp;{label}&nbsp;</mark>' for label, color in colors.items()
+    )
+    return f'<div class="legend" style="font-size: 0.85em">{keys}</div>'
+
+
 class SideBySide:
     """Holds the target, tokenizer and drafter; `run` streams both generations for one request."""
 
     def __init__(self, target, tokenizer, drafter, trained: bool):
         self.target, self.tokenizer, self.drafter, self.trained = target, tokenizer, drafter, trained
+        self.last: dict = {}  # the figures of the last finished run, as the summary states them
 
     def _stream(self, inputs: dict, kwargs: dict) -> Iterator[tuple[str, list[int] | None, float]]:
         """Yields (text so far, None, seconds) while generating, then (text, new token ids, seconds)."""
@@ -153,6 +177,10 @@ class SideBySide:
         highlighted = list(zip(token_pieces(self.tokenizer, done), sources, strict=True))
         plain_tok_s, dspark_tok_s = len(plain_tokens) / plain_s, len(done) / dspark_s
         identical = "n/a (sampling)" if sampling["do_sample"] else ("yes" if plain_tokens == done else "NO")
+        self.last = dict(
+            plain_tok_s=plain_tok_s, dspark_tok_s=dspark_tok_s, speedup=dspark_tok_s / plain_tok_s, tau=stats.tau,
+            identical=None if sampling["do_sample"] else plain_tokens == done, new_tokens=len(done),
+        )  # fmt: skip
         summary = (
             f"**Speed-up {dspark_tok_s / plain_tok_s:.2f}×** · target alone {plain_tok_s:.1f} tok/s · "
             f"target + DSpark {dspark_tok_s:.1f} tok/s · τ {stats.tau:.2f} over {stats.rounds} rounds · "
@@ -169,44 +197,64 @@ class SideBySide:
         yield plain_text, highlighted, summary, plot
 
 
+def source_colors(gamma: int) -> dict[str, str]:
+    """A colour per accepted draft position (1..γ) and one for prompt-lookup tokens."""
+    palette = ["#1b9e77", "#66c2a5", "#a6d854", "#ffd92f", "#fdae61", "#f46d43", "#d53e4f", "#9e0142"]
+    return {f"draft {k}": palette[(k - 1) % len(palette)] for k in range(1, gamma + 1)} | {"lookup": "#8da0cb"}
+
+
 def build_demo(app: SideBySide) -> gr.Blocks:
     gamma = app.drafter.config.block_size
-    palette = ["#1b9e77", "#66c2a5", "#a6d854", "#ffd92f", "#fdae61", "#f46d43", "#d53e4f", "#9e0142"]
-    colors = {f"draft {k}": palette[(k - 1) % len(palette)] for k in range(1, gamma + 1)} | {"lookup": "#8da0cb"}
+    colors = source_colors(gamma)
+    # pale shades: marked text stays as readable as the rest
+    shades = {label: color + "66" for label, color in colors.items()}
+
+    def show(*controls) -> Iterator[tuple[str, str, str, pd.DataFrame | None]]:
+        for plain_text, pieces, summary, plot in app.run(*controls):
+            yield render_text([(plain_text, None)], shades), render_text(pieces, shades), summary, plot
+
     with gr.Blocks(title="DSpark speculative decoding") as demo:
         gr.Markdown(
             "# DSpark: the same tokens, fewer target forwards\n"
-            f"Target `{app.target.config.name_or_path}` on `{app.target.device}`. The right pane colours each token "
-            "the drafter proposed and the target accepted by its position in the round, and in one colour those "
-            "copied by prompt lookup (an earlier occurrence of the last few tokens, steered by the drafter); "
-            "uncoloured tokens are the target's own."
+            f"Target `{app.target.config.name_or_path}` on `{app.target.device}`. In the right pane, text the drafter "
+            "proposed and the target accepted is marked by its position in the round, text copied by prompt lookup "
+            "(an earlier occurrence of the last few tokens, steered by the drafter) in one colour; unmarked text is "
+            "the target's own."
         )
         prompt = gr.Textbox(label="Prompt", lines=3, max_length=MAX_PROMPT_CHARS, elem_id="prompt")
-        gr.Examples(examples=[[e] for e in examples()], inputs=[prompt], label="Examples: math, code, chat")
+        gr.Examples(
+            examples=[[text] for _, _, text in EXAMPLES],
+            example_labels=[f"{category} · {title}" for category, title, _ in EXAMPLES],
+            inputs=[prompt],
+            label="Examples",
+            elem_id="examples",
+        )
         with gr.Row():
             max_new = gr.Slider(16, MAX_NEW_TOKENS, value=128, step=1, label="Max new tokens", elem_id="max-new-tokens")
-            temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+            temperature = gr.Radio(
+                [(name, value) for name, value in TEMPERATURES.items()], value=0.0, label="Temperature",
+                elem_id="temperature",
+            )  # fmt: skip
             gating = gr.Radio(["scheduler", "threshold", "fixed"], value="scheduler", label="Gating", elem_id="gating")
             lookup = gr.Checkbox(
                 value=True, label=f"Prompt lookup beside the drafter (up to {LOOKUP_TOKENS} tokens)", elem_id="lookup"
             )
         run = gr.Button("Run", variant="primary", elem_id="run")
         summary = gr.Markdown(elem_id="summary")
-        with gr.Row():
-            plain = gr.Textbox(label="Target alone", lines=12, elem_id="plain-output")
-            dspark = gr.HighlightedText(
-                label="Target + DSpark",
-                color_map=colors,
-                show_legend=True,
-                show_inline_category=False,
-                elem_id="dspark-output",
-            )
+        with gr.Row(equal_height=True):
+            with gr.Column():
+                gr.Markdown("**Target alone**")
+                plain = gr.HTML(elem_id="plain-output")
+            with gr.Column():
+                gr.Markdown("**Target + DSpark**")
+                gr.HTML(legend(shades))
+                dspark = gr.HTML(elem_id="dspark-output")
         lengths = [str(k) for k in range(max(gamma, LOOKUP_TOKENS) + 1)]  # in numeric order, not "0, 1, 10, 2"
         plot = gr.BarPlot(
             x="accepted drafts", y="rounds", title="Accepted drafts per round", sort=lengths, elem_id="plot"
         )
         controls = [prompt, max_new, temperature, gating, lookup]
-        run.click(app.run, inputs=controls, outputs=[plain, dspark, summary, plot])
+        run.click(show, inputs=controls, outputs=[plain, dspark, summary, plot])
     return demo.queue(default_concurrency_limit=1, max_size=16)
 
 

@@ -177,43 +177,71 @@ def test_a_bf16_target_is_not_routed():
         assert routed == 0 and not any(swapped(m) for m in target.modules())
 
 
-@pytest.mark.parametrize("faster", ["onednn", "default"])
-def test_auto_routes_only_where_onednn_was_measured_faster(tmp_path, monkeypatch, small_layers_routed, faster):
-    """`auto` (the default) times the target's forwards both ways once, caches the verdict, and generate() follows
-    it. The timings are made to disagree in a known direction: real ones on a tiny model say nothing."""
+@pytest.mark.parametrize(
+    "faster, rows",
+    [("oooooooo", 1), ("dddooooo", 4), ("dodooooo", 4), ("oooooood", None), ("dddddddd", None)],
+)
+def test_auto_routes_forwards_of_as_many_tokens_as_onednn_was_measured_faster_for(
+    tmp_path, monkeypatch, small_layers_routed, faster, rows
+):
+    """`auto` (the default) times the target's forwards of 1..8 tokens both ways once, caches the verdict, and
+    generate() computes with oneDNN the forwards of at least that many tokens. The timings are made to disagree in a
+    known pattern (`faster[n - 1]`: which way is faster at n tokens): real ones on a tiny model say nothing."""
     monkeypatch.setenv("DSPARK_HF_CACHE", str(tmp_path))
     monkeypatch.delenv(env.ONEDNN, raising=False)
     measured = []
 
     def timed(target, batch_sizes, max_tokens, repeats, progress, onednn):
         measured.append(onednn)
-        return {1: [0.001 if onednn == (faster == "onednn") else 0.002] * max_tokens}
+        return {1: [0.001 if (way == "o") == onednn else 0.002 for way in faster[:max_tokens]]}
 
     monkeypatch.setattr(profile, "measure_verify", timed)
-    monkeypatch.setattr(profile, "_ONEDNN_PAYS", {})
+    monkeypatch.setattr(profile, "_ONEDNN_ROWS", {})
+    packed, computed_rows = set(), []  # rows of the products swapped layers computed on their packed weights
+
+    def pack(weight):
+        packed.add(id(out := pack_weight(weight)))
+        return out
+
+    def recorded(x, weight, bias=None):
+        if id(weight) in packed:
+            computed_rows.append(x.numel() // x.shape[-1])
+        return onednn_linear(x, weight, bias)
+
+    monkeypatch.setattr(cpu_linears, "pack_weight", pack)
+    monkeypatch.setattr(cpu_linears, "onednn_linear", recorded)
     target = tiny_target(seed=4, sharp=4.0)
     prompt = torch.randint(0, 32, (1, 6), generator=torch.Generator().manual_seed(4))
     drafter = primed_drafter(target, prompt)
-    seen = []
-    target.lm_head.register_forward_pre_hook(lambda m, _: seen.append(swapped(m)))
     assert_same_greedy(target, drafter, prompt, max_new_tokens=20, gating="fixed")
     assert measured == [True, False, True, False]  # both ways, in turn, once
-    assert any(seen) == (faster == "onednn") and not swapped(target.lm_head)
+    if rows is None:
+        assert computed_rows == []
+    else:  # the prompt's forward (6 tokens) at least, and never a forward of fewer tokens than measured to pay
+        assert computed_rows and min(computed_rows) >= rows
+    assert rows != 1 or 1 in computed_rows  # one-token forwards too where oneDNN was faster at every count
+    assert not any(swapped(m) for m in target.modules())
     cached = [p for p in (tmp_path / "profiles").iterdir() if p.name.startswith("onednn-")]
-    assert len(cached) == 1 and json.loads(cached[0].read_text())["pays"] == (faster == "onednn")
-    monkeypatch.setattr(profile, "_ONEDNN_PAYS", {})  # a new process reads the verdict from disk
-    assert profile.onednn_pays(target) == (faster == "onednn") and len(measured) == 4
+    assert len(cached) == 1 and json.loads(cached[0].read_text())["from_tokens"] == rows
+    monkeypatch.setattr(profile, "_ONEDNN_ROWS", {})  # a new process reads the verdict from disk
+    assert profile.onednn_rows(target) == rows and len(measured) == 4
     monkeypatch.setenv(env.ONEDNN, "sometimes")
     with pytest.raises(ValueError, match="DSPARK_ONEDNN must be auto, 1 or 0"):
-        profile.onednn_pays(target)
+        profile.onednn_rows(target)
 
 
 def test_the_measurement_itself_times_both_ways_and_caches_its_verdict(tmp_path, monkeypatch, small_layers_routed):
     monkeypatch.setenv("DSPARK_HF_CACHE", str(tmp_path))
     monkeypatch.delenv(env.ONEDNN, raising=False)
-    monkeypatch.setattr(profile, "_ONEDNN_PAYS", {})
-    pays = profile.onednn_pays(tiny_target(seed=1))
+    monkeypatch.setattr(profile, "_ONEDNN_ROWS", {})
+    rows = profile.onednn_rows(tiny_target(seed=1))
     (cached,) = [p for p in (tmp_path / "profiles").iterdir() if p.name.startswith("onednn-")]
     record = json.loads(cached.read_text())
-    assert record["pays"] == pays == (record["onednn_s"] < record["default_s"])
-    assert record["onednn_s"] > 0 and record["default_s"] > 0
+    onednn_s, default_s = record["onednn_s"], record["default_s"]
+    assert len(onednn_s) == len(default_s) == profile.ONEDNN_TOKENS and min(onednn_s + default_s) > 0
+    faster = [a < b for a, b in zip(onednn_s, default_s, strict=True)]
+    assert record["from_tokens"] == rows
+    if rows is None:
+        assert not faster[-1]
+    else:  # faster from `rows` tokens on, and not at one token fewer
+        assert all(faster[rows - 1 :]) and (rows == 1 or not faster[rows - 2])

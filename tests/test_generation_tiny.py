@@ -159,7 +159,7 @@ def test_threshold_gating_verifies_fewer_tokens_than_fixed():
     gated = drafter.stats
     assert gated is not fixed
     assert gated.verified_tokens / gated.rounds < fixed.verified_tokens / fixed.rounds
-    assert max(gated.verified_per_round) <= 1  # untrained confidences are ~0.5, so a_2 ~ 0.25 < 0.3
+    assert max(gated.verified_per_round) < max(fixed.verified_per_round)  # never the whole block: a_k falls with k
 
 
 def test_per_position_acceptance_matches_rounds():

@@ -74,7 +74,9 @@ def test_lookup_runs_where_the_scheduler_skips_drafting():
     prompt = repeating_prompt(2)
     drafter = DSparkDrafter.from_target(target, markov_rank=0)
     plain = target.generate(prompt, max_new_tokens=48, do_sample=False)
-    never_pays = PrefixScheduler(verify_s=[1.0] * 8, draft_s=10.0)  # drafting costs ten forwards: never worth it
+    never_pays = PrefixScheduler(
+        verify_s=[1.0] * 8, draft_s=10.0, watch_rounds=False
+    )  # drafting costs ten forwards: never worth it
     spec = target.generate(
         prompt, assistant_model=drafter, max_new_tokens=48, do_sample=False, gating=never_pays,
         prompt_lookup_num_tokens=6, max_matching_ngram_size=2,
@@ -135,15 +137,15 @@ def test_the_scheduler_sizes_lookup_continuations_from_their_measured_survival()
     dear = PrefixScheduler(verify_s=[1.0 + 0.25 * t for t in range(9)], draft_s=0.0)  # each token costs 1/4 forward
     generator = lookup_generator(target, drafter, dear)
     assert generator._looked_up(ids, 50, first_token=None) == [3, 4, 5, 6, 7, 8, 9, 10]  # nothing seen yet
-    # 20 lookup rounds: position 1 accepted 18 times, position 2 twice out of those 18, none later
+    # 20 lookup rounds: 2 accept nothing, 16 accept 1 draft, 2 accept 2: 20 of the 40 drafts reached survive
     for accepted in [0] * 2 + [1] * 16 + [2] * 2:
-        generator._pending = (8, 8, True)
+        generator._pending = (8, 8, True, 0.0)
         generator.record(accepted)
-    assert generator.lookup_reached[:4] == [20, 18, 2, 0] and generator.lookup_accepted[:3] == [18, 2, 0]
-    # survival 19/21, then x 3/19, then x 1/3: the second position no longer pays a quarter of a forward
+    assert (generator.lookup_accepted, generator.lookup_reached) == (1 + 20, 1 + 40)  # with the prior's 1 in 1
+    # survival 21/41 per draft: a second draft (0.26) no longer pays a quarter of a forward
     assert generator._looked_up(ids, 50, first_token=None) == [3]
-    # where tokens are nearly free (the H200's launch-bound forwards) the same history verifies all of it
-    flat = lookup_generator(target, drafter, PrefixScheduler(verify_s=[1.0] * 8 + [1.01], draft_s=0.0))
+    # where tokens are free (the H200's launch-bound forwards) the same history verifies all of it
+    flat = lookup_generator(target, drafter, PrefixScheduler(verify_s=[1.0] * 9, draft_s=0.0))
     flat.lookup_reached, flat.lookup_accepted = generator.lookup_reached, generator.lookup_accepted
     assert flat._looked_up(ids, 50, first_token=None) == [3, 4, 5, 6, 7, 8, 9, 10]
     # fixed and threshold policies verify what was found, as Transformers' own prompt lookup does
@@ -166,7 +168,7 @@ def test_greedy_identical_when_the_scheduler_cuts_lookup_continuations(seed):
     for name, verify_s in costs.items():
         spec = target.generate(
             prompt, assistant_model=drafter, max_new_tokens=48, do_sample=False,
-            gating=PrefixScheduler(verify_s=verify_s, draft_s=0.0), prompt_lookup_num_tokens=10,
+            gating=PrefixScheduler(verify_s=verify_s, draft_s=0.0, watch_rounds=False), prompt_lookup_num_tokens=10,
         )  # fmt: skip
         assert spec.tolist() == plain.tolist()
         rounds = zip(drafter.stats.verified_per_round, drafter.stats.lookup_per_round, strict=True)

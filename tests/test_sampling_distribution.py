@@ -80,10 +80,19 @@ def test_speculative_sampling_matches_target_distribution(monkeypatch, markov_ra
         # the scheduler with costs under which the best L often hangs on later confidences (so on sampled tokens):
         # it must decide L one position at a time, from what precedes each position only
         # (3000 samples: the bias of a scheduler that looked ahead showed as chi-square 211 against 137 there)
-        {"gating": PrefixScheduler([1.0, 1.3, 1.4, 1.5], 0.0), "seed": 7, "confidence_std": 1.0, "samples": 3000},
+        {
+            "gating": PrefixScheduler([1.0, 1.3, 1.4, 1.5], 0.0, watch_rounds=False),
+            "seed": 7,
+            "confidence_std": 1.0,
+            "samples": 3000,
+        },
         # lookup rounds under a scheduler whose costs make it cut a continuation once a lookup draft failed
-        {"gating": PrefixScheduler([1.0, 1.6, 2.2, 2.8], 0.0), "prompt_lookup_num_tokens": 3},
-        {"gating": PrefixScheduler([1.0, 1.6, 2.2, 2.8], 0.0), "prompt_lookup_num_tokens": 3, "static_loop": True},
+        {"gating": PrefixScheduler([1.0, 1.6, 2.2, 2.8], 0.0, watch_rounds=False), "prompt_lookup_num_tokens": 3},
+        {
+            "gating": PrefixScheduler([1.0, 1.6, 2.2, 2.8], 0.0, watch_rounds=False),
+            "prompt_lookup_num_tokens": 3,
+            "static_loop": True,
+        },
     ],
     ids=["scheduler", "scheduler-cuts-lookup", "scheduler-cuts-lookup-static-loop"],
 )

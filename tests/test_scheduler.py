@@ -25,6 +25,7 @@ from dspark_hf import (
 )
 from dspark_hf.decoding.policies import convex_envelope, isotonic
 from dspark_hf.decoding.profile import _median_seconds, drafter_signature, profile_path
+from dspark_hf.decoding.round import FORECAST_PRIOR, Drafting
 
 pytestmark = pytest.mark.compat
 
@@ -246,6 +247,50 @@ def test_scheduler_stops_drafting_that_does_not_pay_and_looks_again():
         PrefixScheduler([1.0], 0.0, max_idle_rounds=-1)
 
 
+def test_scheduler_waits_where_measured_rounds_yield_less_than_plain_ones_and_resumes_where_they_pay():
+    """The forecast says drafting pays, the rounds as measured say otherwise (1 token in 60 ms per drafting round,
+    plain rounds 40 ms): drafting waits 1, 2, 4 ... rounds as when the forecast itself says so, until drafting rounds
+    are measured to pay again."""
+    scheduler = PrefixScheduler([0.040, 0.042, 0.044], draft_s=0.005, max_idle_rounds=4)
+    pattern = ""
+    for _ in range(20):
+        if scheduler.should_draft():
+            assert scheduler([0.9, 0.8]) == 2  # the forecast: 2.7 tokens in 49 ms
+            scheduler.observe(1, 0.060, speculative=True)
+            pattern += "D"
+        else:
+            scheduler.observe(1, 0.040, speculative=False)
+            pattern += "."
+    assert pattern == "D.D..D....D....D...."
+    while not scheduler.should_draft():
+        scheduler.observe(1, 0.040, speculative=False)
+    for _ in range(5):  # 3 tokens in 50 ms: paying rounds, drafting every round again
+        scheduler([0.9, 0.8])
+        scheduler.observe(3, 0.050, speculative=True)
+        assert scheduler.should_draft()
+    trusting = PrefixScheduler([0.040, 0.042, 0.044], draft_s=0.005, watch_rounds=False)
+    for _ in range(5):
+        assert trusting.should_draft() and trusting([0.9, 0.8]) == 2
+        trusting.observe(1, 0.060, speculative=True)
+
+
+def test_the_policy_sees_forecasts_scaled_by_how_they_fared_in_this_call():
+    """The drafter's survival forecasts are calibrated on its training data; in a call where its drafts fare worse
+    (another kind of prompt, sampling), the policy sees them scaled down by accepted / forecast drafts so far."""
+    target = tiny_target(seed=2)
+    drafting = Drafting(DSparkDrafter.from_target(target, markov_rank=0).bind(target), FixedLength(), 200, set())
+    assert drafting.corrected([0.8, 0.5]) == [0.8, 0.5]  # nothing seen yet: the forecast as given
+    for _ in range(6):  # rounds that each forecast 1.3 of their drafts to survive, and kept none
+        drafting._pending = (2, 2, False, 1.3)
+        drafting.record(0)
+    scale = FORECAST_PRIOR / (FORECAST_PRIOR + 6 * 1.3)
+    assert drafting.corrected([0.8, 0.5]) == pytest.approx([0.8 * scale, 0.5 * scale])
+    for _ in range(40):  # then rounds that keep more than forecast: scaled up, never past 1
+        drafting._pending = (2, 2, False, 0.5)
+        drafting.record(2)
+    assert drafting.corrected([0.8, 0.5])[0] == 1.0 and drafting.corrected([0.8, 0.5])[1] > 0.5
+
+
 # ----- the batched form (Algorithm 1) ---------------------------------------------------------------------------------
 
 
@@ -325,13 +370,17 @@ def test_rounds_without_drafting_stay_lossless():
     target = tiny_target(seed=6, sharp=4.0)
     prompt = torch.randint(0, 32, (1, 6), generator=torch.Generator().manual_seed(6))
     drafter = DSparkDrafter.from_target(target, markov_rank=8)  # untrained: its drafts are rarely right
-    dear = PrefixScheduler([1.0] * 8, draft_s=100.0, max_idle_rounds=8)  # drafting costs 100 forwards
+    dear = PrefixScheduler(
+        [1.0] * 8, draft_s=100.0, max_idle_rounds=8, watch_rounds=False
+    )  # drafting costs 100 forwards
     assert_same_greedy(target, drafter, prompt, max_new_tokens=40, gating=dear)
     stats = drafter.stats
     assert 1 + stats.rounds + stats.accepted_tokens == 40  # the prefill's token, then one per round plus accepted
     assert 3 <= sum(v > 0 for v in stats.verified_per_round) <= 8, stats.verified_per_round  # 1, 2, 4, 8 rounds apart
     drafter = primed_drafter(target, prompt)
-    assert_same_greedy(target, drafter, prompt, max_new_tokens=40, gating=PrefixScheduler([1.0] * 8, draft_s=0.1))
+    assert_same_greedy(
+        target, drafter, prompt, max_new_tokens=40, gating=PrefixScheduler([1.0] * 8, 0.1, watch_rounds=False)
+    )
     verified = drafter.stats.verified_per_round
     assert all(v > 0 for v in verified[:-1]), verified  # it pays: every round drafts (the last has no room left)
 

@@ -25,6 +25,19 @@ def test_token_sources_follow_the_rounds():
     assert app.token_sources([2, 3], 8, [False, True]) == [None, "draft 1", "draft 2", None] + ["lookup"] * 3 + [None]
 
 
+def test_text_is_rendered_as_written_with_accepted_spans_marked_inside_it():
+    colors = app.source_colors(3)
+    pieces = [("def f():\n", None), ("    ret", "draft 1"), ("urn", "draft 1"), (" 1 <", "lookup"), ("2", None)]
+    html = app.render_text(pieces, colors)
+    assert html.startswith('<div class="generated"') and "white-space: pre-wrap" in html  # breaks and indents kept
+    # adjacent pieces of one source are one mark (no seam inside a word); text is escaped, never markup
+    assert html.count("<mark") == 2 and '<mark data-source="draft 1"' in html and ">    return</mark>" in html
+    assert "def f():\n" in html and "> 1 &lt;</mark>2</div>" in html
+    assert (
+        app.render_text([("a < b", None)], colors) == f'<div class="generated" style="{app.TEXT_STYLE}">a &lt; b</div>'
+    )
+
+
 @pytest.mark.slow
 def test_side_by_side_run(smollm2):
     target, tokenizer = smollm2

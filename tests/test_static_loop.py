@@ -25,7 +25,7 @@ CASES = {  # the scheduler on fixed costs: each loop's measured ones would diffe
     "fixed": lambda: dict(gating="fixed"),
     "threshold": lambda: dict(gating="threshold"),
     "scheduler-lookup": lambda: dict(
-        gating=PrefixScheduler([1.0, 1.3, 1.4, 1.5, 2.0, 2.1, 2.2, 2.3], 0.2, look_ahead=True),
+        gating=PrefixScheduler([1.0, 1.3, 1.4, 1.5, 2.0, 2.1, 2.2, 2.3], 0.2, look_ahead=True, watch_rounds=False),
         prompt_lookup_num_tokens=6,
     ),
 }

@@ -7,8 +7,9 @@ stopping rule). `prefix_probs[k]` already depends on the k-th draft, the last on
 looks at it, or further, verifies sampled drafts against a q they were not drawn from. Every policy here keeps to it
 (tests/test_scheduler.py, tests/test_sampling_distribution.py).
 
-A policy may also have `should_draft()` (False: skip drafting this round, a plain one-token step) and
-`best_length(prefix_probs) -> (L, rate)` (sizes prompt-lookup continuations). Everything here is a pure function of
+A policy may also have `should_draft()` (False: skip drafting this round, a plain one-token step),
+`best_length(prefix_probs) -> (L, rate)` (sizes prompt-lookup continuations) and `observe(tokens, seconds,
+speculative)` (what each round yielded and took). Everything here is a pure function of
 prefix probabilities and costs; the costs themselves are measured in `profile.py`, and names are turned into policies
 in `routing.py` (`make_gating`).
 """
@@ -113,10 +114,20 @@ class PrefixScheduler:
     Drafting must also pay for itself: when even the best L is expected to yield fewer tokens per second than plain
     decoding (one token per `verify_s[0]`), as with a weak drafter on a device where drafting is dear, the generator
     asks `should_draft()` and skips drafting for the next 1, 2, 4 ... `max_idle_rounds` rounds (plain one-token steps),
-    then drafts again to look; a round that pays resets the wait.
+    then drafts again to look; a round that pays resets the wait. What the rounds really yield and take is checked
+    too (`observe`): the costs planned with leave out what they cannot model (sampling's work, the loop's own), and
+    the forecasts hold for the data the drafter was calibrated on, not every prompt and temperature.
+    `watch_rounds=False` plans with the given costs alone (tests that make costs up).
     """
 
-    def __init__(self, verify_s: Sequence[float], draft_s: float, max_idle_rounds: int = 32, look_ahead: bool = False):
+    def __init__(
+        self,
+        verify_s: Sequence[float],
+        draft_s: float,
+        max_idle_rounds: int = 32,
+        look_ahead: bool = False,
+        watch_rounds: bool = True,
+    ):
         if not verify_s:
             raise ValueError("verify_s needs the cost of at least a one-token forward")
         if max_idle_rounds < 0:
@@ -126,8 +137,14 @@ class PrefixScheduler:
         self.look_ahead = look_ahead
         self.draft_s = float(draft_s)
         self.max_idle_rounds = max_idle_rounds
+        self.watch_rounds = watch_rounds
         self._idle = 0  # rounds left to skip
         self._wait = 1  # rounds to skip after the next round that does not pay
+        # this call's rounds as measured (`observe`): moving averages of tokens and seconds per speculative round, and
+        # of seconds per plain one-token round
+        self._tokens: float | None = None
+        self._seconds: float | None = None
+        self._plain_s: float | None = None
 
     def best_length(self, prefix_probs: Sequence[float]) -> tuple[int, float]:
         """(L, its expected tokens per second), with no side effects: the stopping rule of the class docstring, or
@@ -147,10 +164,32 @@ class PrefixScheduler:
     def __call__(self, prefix_probs: Sequence[float]) -> int:
         best, best_rate = self.best_length(prefix_probs)
         if best_rate * self.verify_s[0] < 1.0:  # slower than plain decoding: wait before drafting again
-            self._idle, self._wait = min(self._wait, self.max_idle_rounds), min(2 * self._wait, self.max_idle_rounds)
-        else:
+            self._back_off()
+        elif self._paid_so_far():
             self._wait = 1
         return best
+
+    def observe(self, tokens: int, seconds: float, speculative: bool) -> None:
+        """After each round (wall clock, the loop's work included): a plain one-token round measures plain decoding
+        here; a speculative one (drafting or prompt lookup) what speculation yields. While speculation has yielded
+        fewer tokens per second than plain decoding, drafting waits as in `__call__`."""
+        if seconds <= 0 or not self.watch_rounds:
+            return
+        if not speculative:
+            self._plain_s = _moving_average(self._plain_s, seconds)
+            return
+        self._tokens = _moving_average(self._tokens, tokens)
+        self._seconds = _moving_average(self._seconds, seconds)
+        if self._idle == 0 and not self._paid_so_far():
+            self._back_off()
+
+    def _paid_so_far(self) -> bool:
+        if self._tokens is None or self._seconds is None:
+            return True  # nothing measured yet: the forecast decides
+        return self._tokens * (self._plain_s or self.verify_s[0]) >= self._seconds
+
+    def _back_off(self) -> None:
+        self._idle, self._wait = min(self._wait, self.max_idle_rounds), min(2 * self._wait, self.max_idle_rounds)
 
     def should_draft(self) -> bool:
         """Called by the generator before each round: False while drafting is expected not to pay."""
@@ -162,6 +201,11 @@ class PrefixScheduler:
     def __repr__(self) -> str:
         verify = f"{self.verify_s[0] * 1e3:.1f}-{self.verify_s[-1] * 1e3:.1f} ms"
         return f"PrefixScheduler(draft {self.draft_s * 1e3:.1f} ms, verify {verify})"
+
+
+def _moving_average(average: float | None, value: float, weight: float = 0.3) -> float:
+    """Exponential moving average (the first value starts it): recent rounds count most."""
+    return value if average is None else (1 - weight) * average + weight * value
 
 
 def schedule_batch(

@@ -129,59 +129,67 @@ def _cache_file(target: PreTrainedModel, prefix: str, suffix: str, identity: lis
 def profile_path(target: PreTrainedModel, static: bool = False) -> Path:
     """One file per (device, target, dtype, loop, linear routing); the target is named by its config, so any two
     identical models share. `static`: the costs of the static loop's forwards (`static_target.py`)."""
-    identity = [f"onednn-packed-from{MIN_WEIGHT_ELEMENTS}"] if onednn_pays(target) else []  # as generation runs
+    rows = onednn_rows(target)  # as generation routes
+    identity = [] if rows is None else [f"onednn-packed-from{MIN_WEIGHT_ELEMENTS}-rows{rows}"]
     return _cache_file(target, "", "-static" if static else "", [*identity, "static"] if static else identity)
 
 
 ONEDNN_TOKENS = 8  # the measurement compares forwards of 1 .. this many new tokens (one-token steps, verification)
-_ONEDNN_PAYS: dict[Path, bool] = {}  # this process's decisions, by cache file
+_ONEDNN_ROWS: dict[Path, int | None] = {}  # this process's decisions, by cache file
 
 
-def onednn_pays(target: PreTrainedModel) -> bool:
-    """Whether DSpark's generation should compute the target's (and drafter's) fp32 linear layers with oneDNN on this
-    machine (`cpu_linears.py`). It made few-token forwards 1.2-1.5x faster on a 2-core AMD EPYC and plain decoding
-    0.8x as fast on a 2-core Intel Xeon, so it is measured, never assumed: target forwards of 1..8 new tokens on a
-    256-token context, each way, twice in turn; the faster way wins. Measured once per (machine, target, dtype) and
-    cached beside the profiles; $DSPARK_ONEDNN=1 / 0 force it (`env.py`)."""
+def onednn_rows(target: PreTrainedModel) -> int | None:
+    """From how many tokens a forward on DSpark's generation computes the target's (and drafter's) fp32 linear layers
+    with oneDNN on this machine (`cpu_linears.py`); None: never. oneDNN made few-token forwards 1.2-1.5x faster on a
+    2-core AMD EPYC; on a 2-core Intel Xeon it was slower up to 3 tokens (one-token steps 1.2x dearer) and faster
+    from 4. So it is measured, never assumed: target forwards of 1..8 new tokens on a 256-token context, each way,
+    twice in turn; oneDNN from the fewest tokens from which it was faster at every count measured. Measured once per
+    (machine, target, dtype) and cached beside the profiles; $DSPARK_ONEDNN=1 / 0 force it (1: every forward)."""
     if not uses_onednn(target):
-        return False
+        return None
     choice = env.onednn_choice()
     if choice != "auto":
-        return choice == "1"
-    path = _cache_file(target, "onednn-", "", [f"from{MIN_WEIGHT_ELEMENTS}", torch.__version__])
-    if path not in _ONEDNN_PAYS:
+        return 1 if choice == "1" else None
+    path = _cache_file(target, "onednn-", "", [f"from{MIN_WEIGHT_ELEMENTS}", torch.__version__, "rows"])
+    if path not in _ONEDNN_ROWS:
         try:
-            _ONEDNN_PAYS[path] = bool(json.loads(path.read_text())["pays"])
-        except (OSError, ValueError, KeyError):
-            _ONEDNN_PAYS[path] = _measure_onednn(target, path)
-    return _ONEDNN_PAYS[path]
+            rows = json.loads(path.read_text())["from_tokens"]
+            _ONEDNN_ROWS[path] = None if rows is None else int(rows)
+        except (OSError, ValueError, KeyError, TypeError):
+            _ONEDNN_ROWS[path] = _measure_onednn(target, path)
+    return _ONEDNN_ROWS[path]
 
 
 @torch.no_grad()
-def _measure_onednn(target: PreTrainedModel, path: Path) -> bool:
-    log(f"measuring once whether oneDNN linear layers pay on this CPU; cached at {path}")
-    seconds: dict[bool, list[float]] = {True: [], False: []}
+def _measure_onednn(target: PreTrainedModel, path: Path) -> int | None:
+    log(f"measuring once from how many tokens oneDNN linear layers pay on this CPU; cached at {path}")
+    seconds: dict[bool, list[list[float]]] = {True: [], False: []}
     for onednn in (True, False, True, False):  # in turn: a slow spell hits both ways
-        costs = measure_verify(target, [1], ONEDNN_TOKENS, repeats=3, progress=False, onednn=onednn)[1]
-        seconds[onednn].append(sum(costs))
-    onednn_s, default_s = min(seconds[True]), min(seconds[False])
-    pays = onednn_s < default_s
-    record = {"pays": pays, "onednn_s": onednn_s, "default_s": default_s, "tokens": f"1..{ONEDNN_TOKENS}"}
-    log(
-        f"forwards of 1..{ONEDNN_TOKENS} tokens: {1e3 * onednn_s:.0f} ms with oneDNN, {1e3 * default_s:.0f} ms with "
-        f"PyTorch's default: DSpark uses {'oneDNN' if pays else 'the default'} here"
-    )
+        seconds[onednn].append(measure_verify(target, [1], ONEDNN_TOKENS, repeats=3, progress=False, onednn=onednn)[1])
+    onednn_s, default_s = ([min(pass_s) for pass_s in zip(*seconds[way], strict=True)] for way in (True, False))
+    rows = None
+    for tokens in range(ONEDNN_TOKENS, 0, -1):  # the fewest tokens from which oneDNN is faster at every count
+        if onednn_s[tokens - 1] >= default_s[tokens - 1]:
+            break
+        rows = tokens
+    record = {"from_tokens": rows, "onednn_s": onednn_s, "default_s": default_s}
+    pairs = enumerate(zip(onednn_s, default_s, strict=True), start=1)
+    ms = "; ".join(f"{n}: {1e3 * a:.0f} / {1e3 * b:.0f}" for n, (a, b) in pairs)
+    verdict = "never" if rows is None else f"from {rows} tokens on"
+    log(f"forward ms by tokens, oneDNN / PyTorch's default: {ms}; DSpark uses oneDNN {verdict} here")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record))
     except OSError as err:
         log(f"could not cache the oneDNN decision at {path} ({err}); set DSPARK_HF_CACHE")
-    return pays
+    return rows
 
 
 def linear_routing(target: PreTrainedModel, *models: torch.nn.Module) -> AbstractContextManager:
-    """How DSpark's generation computes linear layers: through oneDNN where that pays here (`onednn_pays`)."""
-    return onednn_linears(target, *models) if onednn_pays(target) else nullcontext()
+    """How DSpark's generation computes linear layers: through oneDNN for forwards of as many tokens as it pays for
+    here (`onednn_rows`)."""
+    rows = onednn_rows(target)
+    return nullcontext() if rows is None else onednn_linears(target, *models, min_rows=rows)
 
 
 def _synchronize(device: torch.device) -> None:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 CUDA_GRAPHS_MAX_LENGTH = 16384  # beyond this, attending to the whole preallocated context would cost too much
 GRAPH_CAPACITY_STEP = 1024  # drafting graphs are captured for a context of a multiple of this, and kept across calls
+FORECAST_PRIOR = 2.0  # the drafter's forecast is trusted as if it had been right about 2 drafts already
 GRAPH_MIN_ROWS = 32  # appends of up to this many positions share one buffer (prompt lookup's longer rounds included)
 
 
@@ -435,13 +436,17 @@ class Drafting:
         self.should_draft = getattr(policy, "should_draft", None)  # a policy may skip drafting that does not pay
         # a cost-aware policy also sizes lookup continuations (the others verify all that was found)
         self.lookup_length = getattr(policy, "best_length", None)
-        self.lookup_reached = [0] * lookup_tokens  # lookup rounds that verified position k with k-1 accepted
-        self.lookup_accepted = [0] * lookup_tokens  # ... and accepted position k
+        self.observe_round = getattr(policy, "observe", None)  # ... and may watch what rounds yield and take
+        # this call's record, which corrects the estimates the policy sees (from earlier rounds only, so sampling
+        # stays exact): drafts accepted against the drafter's own forecast of them, and lookup drafts accepted against
+        # lookup drafts reached (verified with every draft before them accepted). Both start from a small prior.
+        self.drafts_accepted, self.drafts_forecast = FORECAST_PRIOR, FORECAST_PRIOR
+        self.lookup_accepted, self.lookup_reached = 1, 1
         self.graphs = drafting_graphs(drafter, self.settings, max_length, self.num_drafting_tokens + 1)
         self.cache: DSparkContextCache = self.graphs.cache if self.graphs is not None else drafter.new_context_cache()
         self.stats = DSparkStats(block_size=self.num_drafting_tokens)
-        self._started = perf_counter()
-        self._pending: tuple[int, int, bool] | None = None  # (drafted, verified, lookup round) until recorded
+        self._started = self._last_record = perf_counter()
+        self._pending: tuple[int, int, bool, float] | None = None  # (drafted, verified, lookup round, forecast)
 
     @property
     def num_drafting_tokens(self) -> int:
@@ -494,8 +499,9 @@ class Drafting:
         if found:
             return self._lookup_proposal(input_ids, found)
         drafted = len(cut_at_eos([int(t) for t in host[:budget]], self.eos_ids))
-        length = max(0, min(int(self.policy(host[gamma : gamma + drafted])), drafted))
-        self._pending = (drafted, length, False)
+        forecast = host[gamma : gamma + drafted]
+        length = max(0, min(int(self.policy(self.corrected(forecast))), drafted))
+        self._pending = (drafted, length, False, sum(forecast[:length]))
         if length == 0:
             return None
         q_logits = None
@@ -507,44 +513,55 @@ class Drafting:
         tokens = [int(t) for t in host[:length]]
         return Proposal(tokens, block.tokens[:length].to(input_ids.dtype), q_logits, False)
 
+    def corrected(self, prefix_probs: list[float]) -> list[float]:
+        """The drafter's prefix survival a_k scaled by how its forecasts fared in this call so far: its calibration
+        holds for the data it was calibrated on, not for every prompt and temperature (sampled drafts survive less
+        often than greedy ones), and a policy that trusts an optimistic forecast drafts where drafting does not pay."""
+        scale = self.drafts_accepted / self.drafts_forecast
+        return [min(1.0, a * scale) for a in prefix_probs]
+
     def _plain(self) -> None:
-        self._pending = (0, 0, False)
+        self._pending = (0, 0, False, 0.0)
         return None
 
     def _looked_up(self, input_ids: torch.LongTensor, budget: int, first_token: int | None) -> list[int]:
         """The prompt-lookup continuation to verify this round, cut to the budget and at EOS ([]: none).
 
         Under a cost-aware policy it is cut further to the length that maximises expected tokens per second, with
-        the survival of each lookup position estimated from this call's earlier lookup rounds (optimistic until seen:
-        1 success in 1 trial). That cut depends only on earlier rounds, never on the tokens verified now."""
+        each lookup draft expected to survive, given those before it did, as often as this call's earlier ones did
+        (optimistic until seen: 1 success in 1 trial). That cut depends only on earlier rounds, never on the tokens
+        verified now."""
         if not self.lookup_tokens or budget <= 0:
             return []
         found = lookup_continuation(input_ids[0].tolist(), self.lookup_ngram, first_token)
         found = cut_at_eos(found[: min(self.lookup_tokens, budget)], self.eos_ids)
         if found and self.lookup_length is not None:
-            survival, prefix_probs = 1.0, []
-            for reached, accepted in zip(self.lookup_reached[: len(found)], self.lookup_accepted, strict=False):
-                survival *= (accepted + 1) / (reached + 1)
-                prefix_probs.append(survival)
-            found = found[: self.lookup_length(prefix_probs)[0]]
+            survival = self.lookup_accepted / self.lookup_reached
+            found = found[: self.lookup_length([survival**k for k in range(1, len(found) + 1)])[0]]
         return found
 
     def _lookup_proposal(self, input_ids: torch.LongTensor, found: list[int]) -> Proposal:
         """Looked-up drafts are deterministic: verification matches them against the target's own choice (its argmax,
         or its sample when sampling), which keeps sampling exact too."""
-        self._pending = (len(found), len(found), True)
+        self._pending = (len(found), len(found), True, 0.0)
         return Proposal(found, input_ids.new_tensor(found), None, True)
 
     def record(self, accepted: int) -> None:
         """After verification: the round kept `accepted` of its drafts."""
+        now = perf_counter()
+        seconds, self._last_record = now - self._last_record, now  # this round's wall clock
         if self._pending is None:
             return
-        drafted, verified, looked_up = self._pending
+        drafted, verified, looked_up, forecast = self._pending
         self._pending = None
         accepted = min(int(accepted), verified)
         if looked_up:
-            for k in range(min(accepted + 1, verified)):
-                self.lookup_reached[k] += 1
-                self.lookup_accepted[k] += k < accepted
+            self.lookup_reached += min(accepted + 1, verified)
+            self.lookup_accepted += accepted
+        else:
+            self.drafts_forecast += forecast
+            self.drafts_accepted += accepted
         self.stats.record(drafted, verified, accepted, looked_up)
-        self.stats.total_time_s = perf_counter() - self._started
+        self.stats.total_time_s = now - self._started
+        if self.observe_round is not None and self.stats.rounds > 1:  # the first round's clock may hold the prefill
+            self.observe_round(accepted + 1, seconds, speculative=drafted > 0)

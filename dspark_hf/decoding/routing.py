@@ -54,6 +54,11 @@ def make_gating(
     return PrefixScheduler(profile.verify_s[1], profile.draft_s[drafter_signature(drafter)], look_ahead=look_ahead)
 
 
+# a first call measures forwards as long as prompt lookup's usual continuations (16 drafts, what the bench and the demo
+# run) too, so that a later call with lookup finds them measured
+PROFILED_LOOKUP_TOKENS = 16
+
+
 def resolve_policy(
     gating: GatingPolicy | str | None,
     target: PreTrainedModel,
@@ -65,7 +70,7 @@ def resolve_policy(
     gating = gating or drafter.config.gating
     if not isinstance(gating, str):
         return gating
-    longest = max(drafter.config.block_size, config.prompt_lookup_num_tokens or 0) + 1  # the longest forward
+    longest = max(drafter.config.block_size, config.prompt_lookup_num_tokens or 0, PROFILED_LOOKUP_TOKENS) + 1
     return make_gating(
         gating, drafter.config.confidence_threshold, target=target, drafter=drafter, max_tokens=longest,
         look_ahead=not config.do_sample,  # greedy: any L is lossless, so the scheduler may look past a step

@@ -16,11 +16,13 @@ between blocks: weights can change without PyTorch's version counter noticing (f
 as PEFT's adapter merge), and a stale copy would silently change the target's output. Training (autograd) and every
 other path use the weight itself.
 
-`onednn_linears(*models)` swaps the `forward` of each plain fp32 CPU `nn.Linear` of the models whose weight has at
-least `MIN_WEIGHT_ELEMENTS` entries for the oneDNN call and restores it on exit, the way Accelerate's hooks swap
-`forward`; layers whose `forward` is already swapped (Accelerate, another caller) and subclasses (quantized layers)
-are left alone. Whether generation routes at all is measured per machine (`decoding/profile.py`, `onednn_pays`);
-`DSPARK_ONEDNN=0` turns it off everywhere (`env.py`).
+`onednn_linears(*models, min_rows=n)` swaps the `forward` of each plain fp32 CPU `nn.Linear` of the models whose
+weight has at least `MIN_WEIGHT_ELEMENTS` entries for one that calls oneDNN on inputs of `n` to `PACK_ROWS` rows
+(tokens) and PyTorch's default on others, and restores it on exit, the way Accelerate's hooks swap `forward`; layers
+whose `forward` is already swapped (Accelerate, another caller) and subclasses (quantized layers) are left alone.
+Where generation routes, and from how many tokens a forward on, is measured per machine (`decoding/profile.py`,
+`onednn_rows`: on a 2-core Intel Xeon oneDNN was slower up to 3 tokens and faster from 4); `DSPARK_ONEDNN=0` turns
+it off everywhere (`env.py`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ _ONEDNN_OP = torch.backends.mkldnn.is_available() and all(
 # smaller weights stay on PyTorch's default: oneDNN's call costs ~15-20 us more, which only a larger product repays
 # (on the 2-core EPYC a 192x576 layer, SmolLM2's k/v, was no faster at 1-16 rows; 512x512 and up were)
 MIN_WEIGHT_ELEMENTS = 1 << 18
-PACK_ROWS = 16  # the product shape the packed layout is chosen for: verification forwards carry 1-17 tokens
+PACK_ROWS = 16  # the product shape the packed layout is chosen for, and the most rows computed with it
 
 
 def onednn_available() -> bool:
@@ -85,13 +87,15 @@ def _swappable(module: nn.Module) -> bool:
     )
 
 
-def _onednn_forward(module: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The swapped-in forward: oneDNN on a copy of the weight packed on its first no-grad call, else `F.linear`
-    (swapped in only where oneDNN was available and the weight fp32 on the CPU: the input is all left to check)."""
+def _onednn_forward(module: nn.Linear, min_rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The swapped-in forward: oneDNN on a copy of the weight packed on its first no-grad call for inputs of
+    `min_rows` to `PACK_ROWS` rows, else `F.linear` (swapped in only where oneDNN was available and the weight fp32 on
+    the CPU: the input is all left to check). Longer inputs (a prompt) stay on the default, which was as fast from 17
+    rows on: a call that never verifies a few tokens at once then packs nothing."""
     packed: list[torch.Tensor] = []
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if _exact_on_onednn(x, module.weight):
+        if min_rows * x.shape[-1] <= x.numel() <= PACK_ROWS * x.shape[-1] and _exact_on_onednn(x, module.weight):
             if not packed:
                 packed.append(pack_weight(module.weight))
             return onednn_linear(x, packed[0], module.bias)
@@ -112,12 +116,13 @@ def uses_onednn(model: nn.Module) -> bool:
 
 
 @contextmanager
-def onednn_linears(*models: nn.Module) -> Iterator[int]:
-    """Route the models' plain fp32 CPU linear layers through oneDNN inside the block; yields how many it routed."""
+def onednn_linears(*models: nn.Module, min_rows: int = 1) -> Iterator[int]:
+    """Route the models' plain fp32 CPU linear layers through oneDNN inside the block, for inputs of at least
+    `min_rows` rows; yields how many layers it routed."""
     found = (m for model in models for m in model.modules() if _swappable(m)) if onednn_available() else ()
     swapped = list(dict.fromkeys(found))  # a layer two models share (a bound drafter's head) once
     for module in swapped:
-        module.forward = _onednn_forward(module)  # an instance attribute shadows nn.Linear.forward
+        module.forward = _onednn_forward(module, min_rows)  # an instance attribute shadows nn.Linear.forward
     try:
         yield len(swapped)
     finally:
