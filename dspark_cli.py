@@ -19,6 +19,16 @@ GATING_HELP = (
 )
 
 
+def add_target_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--target", default=None, help=TARGET_HELP)
+    command.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
+
+
+def add_device_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--device", default=None)  # help: OPTION_HELP
+    command.add_argument("--dtype", default=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dspark", description="DSpark speculative decoding for Transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -29,8 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=DRAFTER_HELP,
     )
-    gen.add_argument("--target", default=None, help=TARGET_HELP)
-    gen.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
+    add_target_options(gen)
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     gen.add_argument("--gating", default=None, help=GATING_HELP)
@@ -38,8 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt-lookup-tokens", type=int, default=0,
                      help="N > 0: prompt lookup beside the drafter (prompt_lookup_num_tokens=N), e.g. 16")  # fmt: skip
     gen.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
-    gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if present)")
-    gen.add_argument("--dtype", default=None, help="float32 (default), bfloat16 ...")
+    add_device_options(gen)
     gen.add_argument("--seed", type=int, default=0)
 
     ev = sub.add_parser("eval", help="acceptance length (tau) of a drafter over JSONL prompt sets")
@@ -49,8 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--temperature", type=float, nargs="+", default=[0.0],
                     help="one or more; 0 = greedy (default), e.g. --temperature 0 1")  # fmt: skip
     ev.add_argument("--drafter", default=None, help=DRAFTER_HELP)
-    ev.add_argument("--target", default=None, help=TARGET_HELP)
-    ev.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
+    add_target_options(ev)
     ev.add_argument("--gating", default="fixed",
                     help="fixed (default) verifies every draft, so tau measures the drafter alone")  # fmt: skip
     ev.add_argument(
@@ -65,8 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(prompt_lookup_num_tokens=N beside the drafter); 0 (default): the drafter alone")  # fmt: skip
     ev.add_argument("--out", default=None, help="write OUT.json, OUT.md (table) and OUT.png (plot)")
     ev.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
-    ev.add_argument("--device", default=None)
-    ev.add_argument("--dtype", default=None)
+    add_device_options(ev)
     ev.add_argument("--seed", type=int, default=0)
 
     bench = sub.add_parser("bench", help="tokens/s of plain, prompt lookup, DFlash ablation and DSpark, one process")
@@ -80,8 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the DFlash ablation (default: the shipped one; 'untrained' leaves it out)")  # fmt: skip
     bench.add_argument("--prompt-lookup-tokens", type=int, default=16,
                        help="prompt_lookup_num_tokens of the *lookup rows")  # fmt: skip
-    bench.add_argument("--target", default=None, help=TARGET_HELP)
-    bench.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
+    add_target_options(bench)
     bench.add_argument("--out", default=None, help="write OUT.json, OUT.md (table) and OUT.png (plot)")
     bench.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
     bench.add_argument("--gating", nargs="+", default=[],
@@ -95,8 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "its compile takes minutes on a small CPU)")  # fmt: skip
     bench.add_argument("--profile-limit", type=int, default=None,
                        help="the where-the-time-goes pass covers the first N prompts (default: all)")  # fmt: skip
-    bench.add_argument("--device", default=None)
-    bench.add_argument("--dtype", default=None)
+    add_device_options(bench)
     bench.add_argument("--seed", type=int, default=0)
 
     prof = sub.add_parser("profile", help="measure verification and drafting costs on this device (cached on disk)")
@@ -106,18 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="new tokens per sequence up to this (default: the drafter's block + 1)")  # fmt: skip
     prof.add_argument("--cached", action="store_true", help="reuse a cached profile; measure only what it lacks")
     prof.add_argument("--drafter", default=None, help=DRAFTER_HELP)
-    prof.add_argument("--target", default=None, help=TARGET_HELP)
-    prof.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
+    add_target_options(prof)
     prof.add_argument("--out", default=None, help="write OUT.json, OUT.md (table) and OUT.png (plot)")
     prof.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
-    prof.add_argument("--device", default=None)
-    prof.add_argument("--dtype", default=None)
+    add_device_options(prof)
 
     prep = sub.add_parser("prepare-data", help="regenerate training responses with the target (resumable)")
     prep.add_argument("--prompts", default="sharegpt", help="'sharegpt' (default) or a JSONL file of prompts")
     prep.add_argument("--output", required=True, help="folder for data.jsonl")
-    prep.add_argument("--target", default=None, help=TARGET_HELP)
-    prep.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
+    add_target_options(prep)
     prep.add_argument("--limit", type=int, default=None, help="use the first N prompts")
     prep.add_argument("--max-new-tokens", type=int, default=512)
     prep.add_argument("--max-prompt-tokens", type=int, default=1024)
@@ -125,14 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--temperature", type=float, default=0.0, help="0 = greedy responses (default)")
     prep.add_argument("--static-cache", action="store_true",
                       help="GPU: one batch shape, a static KV cache: decoding compiled once (CUDA graphs)")  # fmt: skip
-    prep.add_argument("--device", default=None)
-    prep.add_argument("--dtype", default=None)
+    add_device_options(prep)
 
     train = sub.add_parser("train", help="train a drafter for a target with transformers.Trainer")
     train.add_argument("--data", required=True, help="folder or data.jsonl from `dspark prepare-data`")
     train.add_argument("--output", required=True, help="checkpoints and the final drafter folder")
-    train.add_argument("--target", default=None, help=TARGET_HELP)
-    train.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
+    add_target_options(train)
     train.add_argument("--init", default=None, help="drafter (folder or Hub id) to go on training on new data")
     train.add_argument("--markov-rank", type=int, default=128, help="0 = no Markov head (DFlash ablation)")
     train.add_argument("--loss", choices=["dspark", "ce"], default="dspark", help="ce = the DFlash ablation's loss")
@@ -150,8 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", default=None, help="checkpoint folder to resume from")
     train.add_argument("--calibration-rows", type=int, default=256,
                        help="rows held out to calibrate the confidences (at most 10%%; 0 = none)")  # fmt: skip
-    train.add_argument("--device", default=None)
-    train.add_argument("--dtype", default=None)
+    add_device_options(train)
 
     vocab = sub.add_parser("draft-vocab", help="draft from the target's most frequent tokens only (cheaper rounds)")
     vocab.add_argument("--drafter", required=True, help="the trained drafter (folder or Hub id)")
@@ -163,8 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where to count tokens: a `dspark prepare-data` folder or data.jsonl (the target's own "
                        "responses) or 'sharegpt' (the dataset's assistant turns; default)")  # fmt: skip
     vocab.add_argument("--limit", type=int, default=None, help="count over the first N conversations")
-    vocab.add_argument("--target", default=None, help=TARGET_HELP)
-    vocab.add_argument("--allow-pickle", action="store_true", help=PICKLE_HELP)
+    add_target_options(vocab)
 
     hub = sub.add_parser("export-hub", help="make a drafter folder a Hub repo that loads with trust_remote_code")
     hub.add_argument("folder", help="the Hub folder to write (card, config, weights, calibration, two code files)")

@@ -54,6 +54,10 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=10, help="held-out prompts per eval set (default 10)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="the demo's default (default 128)")
     parser.add_argument("--eval-dir", default=str(app.env.eval_dir(ROOT.parent / "shared" / "data" / "eval")))
+    parser.add_argument(
+        "--sets", nargs="+", default=["examples", *SETS], help="examples and/or eval sets (default: all)"
+    )
+    parser.add_argument("--temperatures", nargs="+", default=list(app.TEMPERATURES), help="(default: every demo one)")
     parser.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     args = parser.parse_args()
 
@@ -61,17 +65,21 @@ def main() -> int:
     drafter, trained = load_drafter(None, target)
     demo = app.SideBySide(target, tokenizer, drafter, trained)
     side_by_side(demo, "Hello", 8, 0.0)  # warm-up: the cost profile, kernels, allocator
-    sets = {"demo examples": [text for _, _, text in app.EXAMPLES]}
+    sets = {"demo examples": [text for _, _, text in app.EXAMPLES]} if "examples" in args.sets else {}
     for name in SETS:
-        sets[name] = read_eval_prompts(Path(args.eval_dir) / f"{name}.jsonl", args.limit)
+        if name in args.sets:
+            sets[name] = read_eval_prompts(Path(args.eval_dir) / f"{name}.jsonl", args.limit)
 
     record: dict = {"max_new_tokens": args.max_new_tokens, "gating": "scheduler", "lookup": app.LOOKUP_TOKENS}
     record["results"] = results = {}
-    for label, value in app.TEMPERATURES.items():
+    for label in args.temperatures:
+        value = app.TEMPERATURES[label]
         for set_name, prompts in sets.items():
             runs = [side_by_side(demo, p, args.max_new_tokens, value) for p in prompts]
             results[f"{set_name} @ {label}"] = {"temperature": value, **summary(runs), "runs": runs}
             print(f"{set_name} @ {label}: {results[f'{set_name} @ {label}']['median_speedup']:.2f}x", flush=True)
+        if "demo examples" not in sets:
+            continue
         bench = benchmark(
             target, tokenizer, sets["demo examples"], {"dspark": drafter}, max_new_tokens=args.max_new_tokens,
             temperature=value, repeats=1, prompt_lookup_tokens=app.LOOKUP_TOKENS, only=["dspark_lookup"],

@@ -5,6 +5,7 @@
 #   bash bench/h200.sh poll [SECONDS]  wait up to SECONDS for the jobs, copy /tmp/out into $OUT, print the progress
 # JOBs: env (versions), lifetimes (bench/graph_lifetimes.py), release (bench/graph_release.py, also on the older
 # dspark_hf carried as .gpu/extra/old), soak SEED N (bench/soak.py), soak4 N (4 soaks side by side, seeds 1-4),
+# bench SET (`dspark bench` on 3 prompts of an eval set, 256 tokens, every plain decoding, the rounds phase by phase),
 # tests-quick / tests (the GPU tests).
 # Carried with `start`: .gpu/extra (gguf wheel, eval prompts, old code) and the last GGUF part.
 set -u
@@ -65,6 +66,11 @@ run_jobs() {
       n=$1; shift
       $SOAK --processes 4 --seed 1 --calls "$n" --out $O/soak.json > $O/soak.log 2>&1
       step "soak4 rc $? $(tail -1 $O/soak.log)" ;;
+    bench)  # fp32, greedy: DSpark and DSpark + lookup against eager and compiled plain decoding
+      set=$1; shift
+      python3 -m dspark_cli bench --data $G/eval/$set.jsonl --limit 3 --repeats 2 --max-new-tokens 256 \
+        --methods dspark dspark_lookup --profile-limit 1 --out $O/bench_$set > $O/bench_$set.log 2>&1
+      step "bench $set rc $?" ;;
     tests-quick)
       python3 -m pytest -q -p no:cacheprovider tests/test_fast_path_recovery.py tests/test_static_loop.py \
         tests/test_cuda_graphs.py tests/test_graph_lifetimes.py > $O/h200_tests_quick.log 2>&1

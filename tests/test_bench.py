@@ -158,6 +158,21 @@ def test_bench_compares_gating_policies_on_the_same_drafter(tmp_path, capsys):
     assert "over 1 prompts" in table
 
 
+def test_bench_times_the_static_loops_rounds_phase_by_phase(tmp_path, capsys, monkeypatch):
+    """Where the static loop verifies (a GPU; here forced on the CPU), the profile pass times each round's phases and
+    the table sets a round beside one step of the best plain decoding."""
+    monkeypatch.setenv("DSPARK_STATIC_LOOP", "1")
+    args = bench_args("gsm8k", 1, 24, "--repeats", "1", "--methods", "dspark", "--no-compiled", "--json", "--out",
+                      str(tmp_path / "r"))  # fmt: skip
+    assert main(args) == 0
+    profile = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["methods"]["dspark"]["profile"]
+    phases = profile["round_phases"]
+    assert {"append context", "draft", "accept"} < set(phases) and phases["draft"][1] == profile["rounds"] > 0
+    assert sum(times for name, (_, times) in phases.items() if name.startswith("verify ")) == profile["rounds"]
+    table = (tmp_path / "r.md").read_text()
+    assert "A round of the static loop, phase by phase" in table and "| dspark | **whole round** |" in table
+
+
 def test_bench_refuses_unknown_methods_and_gatings(capsys):
     base = bench_args("gsm8k", 1, 4)
     assert main([*base, "--methods", "dspark_fastest"]) == 1

@@ -57,6 +57,23 @@ def test_greedy_is_plain_generate_round_for_round(monkeypatch, seed, case):
     assert sum(static_loop[1]) > 10  # the drafter is primed: drafts do get accepted
 
 
+def test_rounds_timed_phase_by_phase_add_up_and_change_nothing(monkeypatch):
+    """`time_rounds=True` (the bench's profile pass): every round's context append, drafting, verification forward (by
+    its number of tokens) and acceptance, each timed once a round; the output and the rounds are the untimed call's."""
+    target, prompt, drafter = setup(2)
+    untimed = run(monkeypatch, "1", target, prompt, drafter, gating="fixed")
+    assert drafter.stats.round_phases == {}
+    timed = run(monkeypatch, "1", target, prompt, drafter, gating="fixed", time_rounds=True)
+    assert timed == untimed
+    stats = drafter.stats
+    phases = stats.round_phases
+    verify = {int(name.split()[1]): times for name, (_, times) in phases.items() if name.startswith("verify ")}
+    assert set(phases) - {f"verify {n}" for n in verify} == {"append context", "draft", "accept"}
+    assert all(phases[name][1] == stats.rounds for name in ("append context", "draft", "accept"))
+    assert sum(verify.values()) == stats.rounds and all(seconds > 0 for seconds, _ in phases.values())
+    assert verify == {n + 1: stats.verified_per_round.count(n) for n in set(stats.verified_per_round)}
+
+
 def test_stops_at_eos_and_max_length_like_generate(monkeypatch):
     target, prompt, drafter = setup(1)
     written = target.generate(prompt, max_new_tokens=40, do_sample=False)[0, 6:].tolist()

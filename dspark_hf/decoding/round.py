@@ -77,6 +77,9 @@ class DSparkStats:
     loop: str = "transformers"  # whose loop verified: Transformers' or the static one (static_loop.py)
     fallbacks: list[str] = field(default_factory=list)  # fast paths that failed during the call (notices.fallback)
     captures: int = 0  # CUDA graphs captured during the call (none once the graphs of its shapes exist)
+    # where the static loop's rounds spent their time, when asked for (`generate(..., time_rounds=True)`):
+    # phase -> [seconds, times], the verification forward per number of tokens ("verify 3")
+    round_phases: dict[str, list[float]] = field(default_factory=dict)
 
     def record(self, drafted: int, verified: int, accepted: int, looked_up: bool) -> None:
         """One round: `drafted` proposed, the first `verified` of them sent to the target, `accepted` kept."""
@@ -434,6 +437,7 @@ class Drafting:
         self.lookup_tokens, self.lookup_ngram = lookup_tokens, lookup_ngram
         self.policy = policy
         self.should_draft = getattr(policy, "should_draft", None)  # a policy may skip drafting that does not pay
+        self.should_look_up = getattr(policy, "should_look_up", None)  # ... and prompt lookup in those rounds
         # a cost-aware policy also sizes lookup continuations (the others verify all that was found)
         self.lookup_length = getattr(policy, "best_length", None)
         self.observe_round = getattr(policy, "observe", None)  # ... and may watch what rounds yield and take
@@ -482,7 +486,8 @@ class Drafting:
         budget = min(self.block_size, space)
         if budget <= 0 or (self.should_draft is not None and not self.should_draft()):
             # room for the target's own token only, or drafting does not pay now: look up, else a plain round
-            found = self._looked_up(input_ids, space, None)
+            look_up = self.should_look_up is None or self.should_look_up()
+            found = self._looked_up(input_ids, space, None) if look_up else []
             self.stats.draft_time_s += perf_counter() - started
             return self._lookup_proposal(input_ids, found) if found else self._plain()
 

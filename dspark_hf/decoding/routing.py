@@ -143,6 +143,7 @@ def run_request(target: PreTrainedModel, drafter: DSparkDrafter, transformers_lo
     original `generate`, which asks the hook below for our candidate generator). A static-loop error that leaves
     the device usable reruns the call on Transformers' loop, warning once."""
     gating = kwargs.pop("gating", None)
+    time_rounds = kwargs.pop("time_rounds", False)  # the static loop's per-phase clock (the bench's profile)
     validate_request(target, args, kwargs)
     if target.dtype in (torch.bfloat16, torch.float16):
         notices.warn_once(
@@ -161,7 +162,7 @@ def run_request(target: PreTrainedModel, drafter: DSparkDrafter, transformers_lo
                 ids, config = loop
                 try:
                     policy = resolve_policy(gating, target, drafter, config, static=True)
-                    out, request.stats = speculative_generate(target, drafter, ids, config, policy)
+                    out, request.stats = speculative_generate(target, drafter, ids, config, policy, time_rounds)
                     return out
                 except Exception as err:
                     if not device_usable(target.device):

@@ -10,6 +10,7 @@ acceptance rules are `round.py`'s either way, so both loops are lossless in the 
 from __future__ import annotations
 
 import copy
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -104,6 +105,30 @@ def warpers(config: GenerationConfig) -> LogitsProcessorList:
     return processors
 
 
+class RoundClock:
+    """Where a round's time goes, phase by phase: the device synchronised at each phase's end, so the phases add up
+    to the round (and each costs a synchronisation more than an untimed round: for profiling, not for speed)."""
+
+    def __init__(self, device: torch.device, phases: dict[str, list[float]]):
+        self.device, self.phases = device, phases
+        self.started = 0.0
+
+    def start(self) -> None:
+        self._sync()
+        self.started = perf_counter()
+
+    def lap(self, phase: str) -> None:
+        self._sync()
+        now = perf_counter()
+        seconds, times = self.phases.get(phase, (0.0, 0))
+        self.phases[phase] = [seconds + now - self.started, times + 1]
+        self.started = now
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
 @torch.no_grad()
 def speculative_generate(
     target: PreTrainedModel,
@@ -111,9 +136,10 @@ def speculative_generate(
     input_ids: torch.LongTensor,
     config: GenerationConfig,
     policy: GatingPolicy,
+    time_rounds: bool = False,
 ) -> tuple[torch.LongTensor, DSparkStats]:
     """What `target.generate(input_ids, assistant_model=drafter, ...)` returns, by the static loop (batch size 1),
-    and the call's statistics."""
+    and the call's statistics; `time_rounds`: with where the rounds' time went (`DSparkStats.round_phases`)."""
     processors = warpers(config)
     eos = compat.eos_ids(config)
     drafting = Drafting(
@@ -131,12 +157,21 @@ def speculative_generate(
     logits, hidden = static.forward(ids, 0)
     new = choose(logits[-1:]).tolist()
     ids = torch.cat([ids, ids.new_tensor([new])], dim=-1)
+    clock = RoundClock(ids.device, drafting.stats.round_phases) if time_rounds else None
     while ids.shape[1] < config.max_length and new[-1] not in eos:
+        if clock:
+            clock.start()
         drafting.observe(hidden, ids.shape[1] - 1)
+        if clock:
+            clock.lap("append context")
         proposal = drafting.propose(ids)
         drafts = proposal.device_tokens if proposal is not None else ids.new_empty(0)
         candidates = torch.cat([ids[0], drafts])[None]
+        if clock:
+            clock.lap("draft")
         logits, hidden = static.forward(candidates[:, ids.shape[1] - 1 :], ids.shape[1] - 1)
+        if clock:
+            clock.lap(f"verify {candidates.shape[1] - ids.shape[1] + 1}")
         if proposal is not None and proposal.q_logits is not None:
             new = speculative_sampling(drafts, proposal.q_logits, processors(candidates, logits.float())).tolist()
         else:  # drafts kept while they equal the target's own choice, then its choice after the last one kept
@@ -145,5 +180,7 @@ def speculative_generate(
         new = cut_at_eos(new[: config.max_length - ids.shape[1]], eos)
         ids = torch.cat([ids, ids.new_tensor([new])], dim=-1)
         drafting.record(len(new) - 1)
+        if clock:
+            clock.lap("accept")
     drafting.stats.loop = "static"
     return ids, drafting.stats

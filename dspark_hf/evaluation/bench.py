@@ -181,7 +181,8 @@ def benchmark(
 def profile_method(target, encoded: list[dict[str, torch.Tensor]], generate_kwargs: dict[str, Any], seed: int = 0):
     """Where one method's time goes, from one more (untimed-for-speed) pass over the prompts: the target's forwards
     (timed between a pre- and a post-hook, the device synchronised at each), the drafter's work (its own clock), and
-    the rest: Transformers' loop (candidate bookkeeping, logits processing, verification, cache cropping)."""
+    the rest: Transformers' loop (candidate bookkeeping, logits processing, verification, cache cropping). Rounds of
+    the static loop, whose verification replays graphs no hook sees, are timed phase by phase (`round_phases`)."""
     device = target.device
     forward_s, started = [0.0], [0.0]
 
@@ -195,20 +196,26 @@ def profile_method(target, encoded: list[dict[str, torch.Tensor]], generate_kwar
 
     hooks = [target.register_forward_pre_hook(before), target.register_forward_hook(after)]
     drafter = generate_kwargs.get("assistant_model")
+    if drafter is not None:
+        generate_kwargs = dict(generate_kwargs, time_rounds=True)
     total = draft = 0.0
+    rounds, phases = 0, {}
     try:
         for i, inputs in enumerate(encoded):
             total += timed_generate(target, inputs, seed + i, **generate_kwargs)[1]
-            draft += drafter.stats.draft_time_s if drafter is not None else 0.0
+            if drafter is not None:
+                draft += drafter.stats.draft_time_s
+                for phase, (seconds, times) in drafter.stats.round_phases.items():
+                    phases[phase] = [a + b for a, b in zip(phases.get(phase, (0.0, 0)), (seconds, times), strict=True)]
+                rounds += drafter.stats.rounds if drafter.stats.round_phases else 0
     finally:
         for hook in hooks:
             hook.remove()
-    return {
-        "total_s": total,
-        "target_forward_s": forward_s[0],
-        "draft_s": draft,
-        "other_s": total - forward_s[0] - draft,
-    }
+    profile = {"total_s": total, "target_forward_s": forward_s[0], "draft_s": draft}
+    profile["other_s"] = total - forward_s[0] - draft
+    if phases:
+        profile.update(rounds=rounds, round_phases=phases)
+    return profile
 
 
 def _summarize(runs: dict[str, MethodRuns], greedy: bool) -> dict[str, Any]:

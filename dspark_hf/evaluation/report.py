@@ -106,8 +106,42 @@ def bench_markdown(report: dict[str, Any]) -> str:
         profile.append(f"| {name} | {shares} | {p['total_s']:.2f} |")
     warmup = f"Warm-up before timing (plain_compiled's includes its compile): {', '.join(warmups)}."
     return "\n".join(
-        ["# dspark bench", "", setup, "", *rows, "", warmup, "", *profile, "", *_environment_lines(report)]
-    )
+        ["# dspark bench", "", setup, "", *rows, "", warmup, "", *profile, *_round_lines(report),
+         "", *_environment_lines(report)]
+    )  # fmt: skip
+
+
+def _round_lines(report: dict[str, Any]) -> list[str]:
+    """The static loop's rounds phase by phase, beside one step of the best plain decoding (its whole time per
+    token): what a round costs against what it replaces."""
+    timed = {name: m["profile"] for name, m in report["methods"].items() if m["profile"].get("round_phases")}
+    if not timed:
+        return []
+    best = report.get("best_plain", "plain")
+    step_ms = 1e3 / report["methods"][best]["tok_s"]
+    lines = [
+        "",
+        f"A round of the static loop, phase by phase (the profile pass; device synchronised after each phase), "
+        f"beside one step of {best}: {step_ms:.2f} ms per token.",
+        "",
+        "| method | phase | ms each | times per round | ms per round | per round, in plain steps |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, p in timed.items():
+        phases = sorted(p["round_phases"].items(), key=lambda kv: (kv[0].startswith("verify"), _verify_order(kv[0])))
+        for phase, (seconds, times) in phases:
+            per_round = 1e3 * seconds / p["rounds"]
+            lines.append(
+                f"| {name} | {phase} | {1e3 * seconds / times:.2f} | {times / p['rounds']:.2f} | {per_round:.2f} | "
+                f"{per_round / step_ms:.2f} |"
+            )
+        whole = 1e3 * sum(seconds for seconds, _ in p["round_phases"].values()) / p["rounds"]
+        lines.append(f"| {name} | **whole round** | | | **{whole:.2f}** | **{whole / step_ms:.2f}** |")
+    return lines
+
+
+def _verify_order(phase: str) -> int:
+    return int(phase.split()[-1]) if phase.startswith("verify") else 0
 
 
 def profile_markdown(report: dict[str, Any]) -> str:
