@@ -213,8 +213,10 @@ def test_auto_routes_forwards_of_as_many_tokens_as_onednn_was_measured_faster_fo
     target = tiny_target(seed=4, sharp=4.0)
     prompt = torch.randint(0, 32, (1, 6), generator=torch.Generator().manual_seed(4))
     drafter = primed_drafter(target, prompt)
+    packs = cpu_linears.packs_made()
     assert_same_greedy(target, drafter, prompt, max_new_tokens=20, gating="fixed")
     assert measured == [True, False, True, False]  # both ways, in turn, once
+    assert (cpu_linears.packs_made() > packs) == (rows is not None)  # counted: a round that packs is not timed
     if rows is None:
         assert computed_rows == []
     else:  # the prompt's forward (6 tokens) at least, and never a forward of fewer tokens than measured to pay

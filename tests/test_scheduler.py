@@ -23,6 +23,7 @@ from dspark_hf import (
     make_gating,
     schedule_batch,
 )
+from dspark_hf.decoding import round as round_module
 from dspark_hf.decoding.policies import convex_envelope, isotonic
 from dspark_hf.decoding.profile import _median_seconds, drafter_signature, profile_path
 from dspark_hf.decoding.round import FORECAST_PRIOR, Drafting
@@ -292,6 +293,26 @@ def test_the_policy_sees_forecasts_scaled_by_how_they_fared_in_this_call():
         drafting._pending = (2, 2, False, 0.5)
         drafting.record(2)
     assert drafting.corrected([0.8, 0.5])[0] == 1.0 and drafting.corrected([0.8, 0.5])[1] > 0.5
+
+
+def test_rounds_are_measured_for_the_policy_but_not_the_first_nor_one_that_packed_weights(monkeypatch):
+    """The policy's `observe` gets each round's tokens and wall clock, except the first (Transformers' loop times the
+    prefill into it) and a round in which oneDNN packed its weights (once a call, not what a round costs)."""
+    seen = []
+
+    class Watching(FixedLength):
+        def observe(self, tokens, seconds, speculative):
+            seen.append((tokens, speculative))
+
+    packs = [0]
+    monkeypatch.setattr(round_module, "packs_made", lambda: packs[0])
+    target = tiny_target(seed=2)
+    drafting = Drafting(DSparkDrafter.from_target(target, markov_rank=0).bind(target), Watching(), 200, set())
+    for accepted, packing, drafted in [(1, 0, 4), (2, 0, 4), (3, 1, 4), (0, 0, 0), (4, 0, 4)]:
+        packs[0] += packing
+        drafting._pending = (drafted, drafted, False, 1.0)
+        drafting.record(accepted)
+    assert seen == [(3, True), (1, False), (5, True)]
 
 
 # ----- the batched form (Algorithm 1) ---------------------------------------------------------------------------------

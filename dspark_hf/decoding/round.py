@@ -25,7 +25,7 @@ import torch
 from transformers.generation.logits_process import LogitsProcessorList
 
 from .. import notices
-from ..kernels.cpu_linears import linear
+from ..kernels.cpu_linears import linear, packs_made
 from ..kernels.markov import fused_sampling, markov_draft, resolve_backend
 from .graphs import GraphSet, capture_graphs, tensor_identity
 from .policies import GatingPolicy
@@ -450,6 +450,7 @@ class Drafting:
         self.cache: DSparkContextCache = self.graphs.cache if self.graphs is not None else drafter.new_context_cache()
         self.stats = DSparkStats(block_size=self.num_drafting_tokens)
         self._started = self._last_record = perf_counter()
+        self._packs = packs_made()
         self._pending: tuple[int, int, bool, float] | None = None  # (drafted, verified, lookup round, forecast)
 
     @property
@@ -553,8 +554,9 @@ class Drafting:
 
     def record(self, accepted: int) -> None:
         """After verification: the round kept `accepted` of its drafts."""
-        now = perf_counter()
+        now, packs = perf_counter(), packs_made()
         seconds, self._last_record = now - self._last_record, now  # this round's wall clock
+        packed, self._packs = packs != self._packs, packs  # it packed oneDNN weights: once a call, not a round's cost
         if self._pending is None:
             return
         drafted, verified, looked_up, forecast = self._pending
@@ -568,5 +570,5 @@ class Drafting:
             self.drafts_accepted += accepted
         self.stats.record(drafted, verified, accepted, looked_up)
         self.stats.total_time_s = now - self._started
-        if self.observe_round is not None and self.stats.rounds > 1:  # the first round's clock may hold the prefill
+        if self.observe_round is not None and self.stats.rounds > 1 and not packed:  # round 1 may hold the prefill
             self.observe_round(accepted + 1, seconds, speculative=drafted > 0)

@@ -70,6 +70,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
+_PACKED = [0]  # weights packed by swapped layers in this process (a round that packs is no measure of a round's cost)
+
+
+def packs_made() -> int:
+    """How many weights swapped layers have packed in this process so far."""
+    return _PACKED[0]
+
+
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:
     """`weight` (out, in) reordered into oneDNN's blocked layout: an opaque tensor for `onednn_linear` only."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), PACK_ROWS)
@@ -98,6 +106,7 @@ def _onednn_forward(module: nn.Linear, min_rows: int) -> Callable[[torch.Tensor]
         if min_rows * x.shape[-1] <= x.numel() <= PACK_ROWS * x.shape[-1] and _exact_on_onednn(x, module.weight):
             if not packed:
                 packed.append(pack_weight(module.weight))
+                _PACKED[0] += 1
             return onednn_linear(x, packed[0], module.bias)
         return F.linear(x, module.weight, module.bias)
 
