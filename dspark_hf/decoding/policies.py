@@ -7,8 +7,7 @@ stopping rule). `prefix_probs[k]` already depends on the k-th draft, the last on
 looks at it, or further, verifies sampled drafts against a q they were not drawn from. Every policy here keeps to it
 (tests/test_scheduler.py, tests/test_sampling_distribution.py).
 
-A policy may also have `should_draft()` (False: skip drafting this round, a plain one-token step, unless
-`should_look_up()` lets prompt lookup verify a continuation),
+A policy may also have `should_draft()` (False: skip drafting this round, a plain one-token step),
 `best_length(prefix_probs) -> (L, rate)` (sizes prompt-lookup continuations) and `observe(tokens, seconds,
 speculative)` (what each round yielded and took). Everything here is a pure function of
 prefix probabilities and costs; the costs themselves are measured in `profile.py`, and names are turned into policies
@@ -141,7 +140,6 @@ class PrefixScheduler:
         self.watch_rounds = watch_rounds
         self._idle = 0  # rounds left to skip
         self._wait = 1  # rounds to skip after the next round that does not pay
-        self._quiet = False  # the rounds skipped are skipped because speculation was measured not to pay
         # this call's rounds as measured (`observe`): moving averages of tokens and seconds per speculative round, and
         # of seconds per plain one-token round
         self._tokens: float | None = None
@@ -166,7 +164,7 @@ class PrefixScheduler:
     def __call__(self, prefix_probs: Sequence[float]) -> int:
         best, best_rate = self.best_length(prefix_probs)
         if best_rate * self.verify_s[0] < 1.0:  # slower than plain decoding: wait before drafting again
-            self._back_off(measured=False)
+            self._back_off()
         elif self._paid_so_far():
             self._wait = 1
         return best
@@ -183,30 +181,22 @@ class PrefixScheduler:
         self._tokens = _moving_average(self._tokens, tokens)
         self._seconds = _moving_average(self._seconds, seconds)
         if self._idle == 0 and not self._paid_so_far():
-            self._back_off(measured=True)
+            self._back_off()
 
     def _paid_so_far(self) -> bool:
         if self._tokens is None or self._seconds is None:
             return True  # nothing measured yet: the forecast decides
         return self._tokens * (self._plain_s or self.verify_s[0]) >= self._seconds
 
-    def _back_off(self, measured: bool) -> None:
+    def _back_off(self) -> None:
         self._idle, self._wait = min(self._wait, self.max_idle_rounds), min(2 * self._wait, self.max_idle_rounds)
-        self._quiet = measured
 
     def should_draft(self) -> bool:
         """Called by the generator before each round: False while drafting is expected not to pay."""
         if self._idle > 0:
             self._idle -= 1
             return False
-        self._quiet = False
         return True
-
-    def should_look_up(self) -> bool:
-        """Called in a round that does not draft: whether prompt lookup may still verify a continuation. Not while
-        speculation was measured not to pay (lookup rounds are measured with drafting ones); while only the drafter's
-        forecast says drafting does not pay, a continuation found in the context may still."""
-        return not self._quiet
 
     def __repr__(self) -> str:
         verify = f"{self.verify_s[0] * 1e3:.1f}-{self.verify_s[-1] * 1e3:.1f} ms"

@@ -437,7 +437,6 @@ class Drafting:
         self.lookup_tokens, self.lookup_ngram = lookup_tokens, lookup_ngram
         self.policy = policy
         self.should_draft = getattr(policy, "should_draft", None)  # a policy may skip drafting that does not pay
-        self.should_look_up = getattr(policy, "should_look_up", None)  # ... and prompt lookup in those rounds
         # a cost-aware policy also sizes lookup continuations (the others verify all that was found)
         self.lookup_length = getattr(policy, "best_length", None)
         self.observe_round = getattr(policy, "observe", None)  # ... and may watch what rounds yield and take
@@ -487,8 +486,7 @@ class Drafting:
         budget = min(self.block_size, space)
         if budget <= 0 or (self.should_draft is not None and not self.should_draft()):
             # room for the target's own token only, or drafting does not pay now: look up, else a plain round
-            look_up = self.should_look_up is None or self.should_look_up()
-            found = self._looked_up(input_ids, space, None) if look_up else []
+            found = self._looked_up(input_ids, space, None)
             self.stats.draft_time_s += perf_counter() - started
             return self._lookup_proposal(input_ids, found) if found else self._plain()
 
