@@ -30,6 +30,7 @@ from transformers import DynamicCache
 from .. import env
 from ..kernels.cpu_linears import MIN_WEIGHT_ELEMENTS, onednn_linears, uses_onednn
 from ..notices import log
+from ..targets import synchronize
 from . import compat
 from .policies import isotonic
 from .round import DraftSettings, draft_block, drafting_graphs
@@ -192,16 +193,11 @@ def linear_routing(target: PreTrainedModel, *models: torch.nn.Module) -> Abstrac
     return nullcontext() if rows is None else onednn_linears(target, *models, min_rows=rows)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _seconds(run: Callable[[], object], device: torch.device) -> float:
-    _synchronize(device)
+    synchronize(device)
     started = perf_counter()
     run()
-    _synchronize(device)
+    synchronize(device)
     return perf_counter() - started
 
 

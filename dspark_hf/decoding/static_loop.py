@@ -23,6 +23,7 @@ from transformers.generation.logits_process import (
 )
 
 from .. import env
+from ..targets import synchronize
 from . import compat
 from .policies import GatingPolicy
 from .round import Drafting, DSparkStats, cut_at_eos, greedy_accept, speculative_sampling
@@ -114,19 +115,25 @@ class RoundClock:
         self.started = 0.0
 
     def start(self) -> None:
-        self._sync()
+        synchronize(self.device)
         self.started = perf_counter()
 
     def lap(self, phase: str) -> None:
-        self._sync()
+        synchronize(self.device)
         now = perf_counter()
         seconds, times = self.phases.get(phase, (0.0, 0))
         self.phases[phase] = [seconds + now - self.started, times + 1]
         self.started = now
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+
+class NoClock:
+    """The untimed round: nothing to do at each phase."""
+
+    def start(self) -> None:
+        pass
+
+    def lap(self, phase: str) -> None:
+        pass
 
 
 @torch.no_grad()
@@ -157,21 +164,17 @@ def speculative_generate(
     logits, hidden = static.forward(ids, 0)
     new = choose(logits[-1:]).tolist()
     ids = torch.cat([ids, ids.new_tensor([new])], dim=-1)
-    clock = RoundClock(ids.device, drafting.stats.round_phases) if time_rounds else None
+    clock = RoundClock(ids.device, drafting.stats.round_phases) if time_rounds else NoClock()
     while ids.shape[1] < config.max_length and new[-1] not in eos:
-        if clock:
-            clock.start()
+        clock.start()
         drafting.observe(hidden, ids.shape[1] - 1)
-        if clock:
-            clock.lap("append context")
+        clock.lap("append context")
         proposal = drafting.propose(ids)
         drafts = proposal.device_tokens if proposal is not None else ids.new_empty(0)
         candidates = torch.cat([ids[0], drafts])[None]
-        if clock:
-            clock.lap("draft")
+        clock.lap("draft")
         logits, hidden = static.forward(candidates[:, ids.shape[1] - 1 :], ids.shape[1] - 1)
-        if clock:
-            clock.lap(f"verify {candidates.shape[1] - ids.shape[1] + 1}")
+        clock.lap(f"verify {candidates.shape[1] - ids.shape[1] + 1}")
         if proposal is not None and proposal.q_logits is not None:
             new = speculative_sampling(drafts, proposal.q_logits, processors(candidates, logits.float())).tolist()
         else:  # drafts kept while they equal the target's own choice, then its choice after the last one kept
@@ -180,7 +183,6 @@ def speculative_generate(
         new = cut_at_eos(new[: config.max_length - ids.shape[1]], eos)
         ids = torch.cat([ids, ids.new_tensor([new])], dim=-1)
         drafting.record(len(new) - 1)
-        if clock:
-            clock.lap("accept")
+        clock.lap("accept")
     drafting.stats.loop = "static"
     return ids, drafting.stats
