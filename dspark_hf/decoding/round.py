@@ -413,6 +413,13 @@ class Proposal(NamedTuple):
     looked_up: bool
 
 
+def one_off_work() -> tuple[int, int]:
+    """Counts of work done once and then kept: oneDNN weight packs, CUDA-graph captures (a verification length's graph
+    is captured the first time a round verifies that many tokens). A round that did some took longer than rounds
+    take, so the policy does not judge drafting by it."""
+    return packs_made(), notices.capture_count()
+
+
 class Drafting:
     """The drafting side of one `generate()` call (batch size 1): the context cache or its graphs, the policy,
     prompt lookup's record, the statistics. Each round: `observe`, `propose`, the loop verifies, `record`."""
@@ -449,7 +456,7 @@ class Drafting:
         self.cache: DSparkContextCache = self.graphs.cache if self.graphs is not None else drafter.new_context_cache()
         self.stats = DSparkStats(block_size=self.num_drafting_tokens)
         self._started = self._last_record = perf_counter()
-        self._packs = packs_made()
+        self._one_offs = one_off_work()
         self._pending: tuple[int, int, bool, float] | None = None  # (drafted, verified, lookup round, forecast)
 
     @property
@@ -552,9 +559,9 @@ class Drafting:
 
     def record(self, accepted: int) -> None:
         """After verification: the round kept `accepted` of its drafts."""
-        now, packs = perf_counter(), packs_made()
+        now, one_offs = perf_counter(), one_off_work()
         seconds, self._last_record = now - self._last_record, now  # this round's wall clock
-        packed, self._packs = packs != self._packs, packs  # it packed oneDNN weights: once a call, not a round's cost
+        one_off, self._one_offs = one_offs != self._one_offs, one_offs  # not what a round costs: see one_off_work
         if self._pending is None:
             return
         drafted, verified, looked_up, forecast = self._pending
@@ -568,5 +575,5 @@ class Drafting:
             self.drafts_accepted += accepted
         self.stats.record(drafted, verified, accepted, looked_up)
         self.stats.total_time_s = now - self._started
-        if self.observe_round is not None and self.stats.rounds > 1 and not packed:  # round 1 may hold the prefill
+        if self.observe_round is not None and self.stats.rounds > 1 and not one_off:  # round 1 may hold the prefill
             self.observe_round(accepted + 1, seconds, speculative=drafted > 0)
