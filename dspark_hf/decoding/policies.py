@@ -9,7 +9,7 @@ looks at it, or further, verifies sampled drafts against a q they were not drawn
 
 A policy may also have `should_draft()` (False: skip drafting this round, a plain one-token step),
 `best_length(prefix_probs) -> (L, rate)` (sizes prompt-lookup continuations) and `observe(tokens, seconds,
-speculative)` (what each round yielded and took). Everything here is a pure function of
+drafted)` (what each round's forward carried and the round took). Everything here is a pure function of
 prefix probabilities and costs; the costs themselves are measured in `profile.py`, and names are turned into policies
 in `routing.py` (`make_gating`).
 """
@@ -94,6 +94,9 @@ def convex_envelope(values: Sequence[float]) -> list[float]:
     return [*out, float(values[hull[-1]])] if hull else []
 
 
+EXTRA_WEIGHT = 0.3  # the latest round's weight in the moving average of what rounds take beyond their modelled cost
+
+
 class PrefixScheduler:
     """Gating policy: verify the prefix L that maximises expected tokens per second for one request,
     `(1 + Σ_{k≤L} a_k) / (draft_s + verify_s[L])`, where `verify_s[L]` is the cost of a forward of L + 1 tokens.
@@ -114,10 +117,15 @@ class PrefixScheduler:
     Drafting must also pay for itself: when even the best L is expected to yield fewer tokens per second than plain
     decoding (one token per `verify_s[0]`), as with a weak drafter on a device where drafting is dear, the generator
     asks `should_draft()` and skips drafting for the next 1, 2, 4 ... `max_idle_rounds` rounds (plain one-token steps),
-    then drafts again to look; a round that pays resets the wait. What the rounds really yield and take is checked
-    too (`observe`): the costs planned with leave out what they cannot model (sampling's work, the loop's own), and
-    the forecasts hold for the data the drafter was calibrated on, not every prompt and temperature.
-    `watch_rounds=False` plans with the given costs alone (tests that make costs up).
+    then drafts again to look; a round that pays resets the wait.
+
+    The measured costs leave out what a round does beside its forward and drafting (sampling's work, the loop's own
+    bookkeeping, the host waiting on the device), so `observe` tracks what each round took beyond its modelled cost,
+    apart for rounds that drafted and rounds that did not, and planning adds it. Only costs are learnt here: how the
+    drafts fare is the generator's record over the whole call (`Drafting.corrected`), never a few recent rounds —
+    judged by the last few rounds' tokens, a run of bad luck made drafting wait, and the rare rounds drafted while
+    waiting seldom lifted it again (on an H200 MT-Bench drafted in 4% of its rounds). `watch_rounds=False` plans with
+    the given costs alone (tests that make costs up).
     """
 
     def __init__(
@@ -140,21 +148,21 @@ class PrefixScheduler:
         self.watch_rounds = watch_rounds
         self._idle = 0  # rounds left to skip
         self._wait = 1  # rounds to skip after the next round that does not pay
-        # this call's rounds as measured (`observe`): moving averages of tokens and seconds per speculative round, and
-        # of seconds per plain one-token round
-        self._tokens: float | None = None
-        self._seconds: float | None = None
-        self._plain_s: float | None = None
+        # seconds a round took beyond its modelled cost (`observe`), moving averages started by the first round
+        # measured: rounds that drafted, and rounds that did not
+        self._extra = {True: 0.0, False: 0.0}
+        self._measured = {True: False, False: False}
 
     def best_length(self, prefix_probs: Sequence[float]) -> tuple[int, float]:
         """(L, its expected tokens per second), with no side effects: the stopping rule of the class docstring, or
         with `look_ahead` the best L overall. Also sizes prompt-lookup continuations, whose survival the generator
         estimates from earlier rounds."""
         costs = self.measured if self.look_ahead else self.verify_s
-        best, best_rate, gain = 0, 1.0 / (self.draft_s + costs[0]), 1.0
+        fixed = self.draft_s + self._extra[True]
+        best, best_rate, gain = 0, 1.0 / (fixed + costs[0]), 1.0
         for length, a in enumerate(prefix_probs[: len(costs) - 1], start=1):
             gain += a
-            rate = gain / (self.draft_s + costs[length])
+            rate = gain / (fixed + costs[length])
             if rate > best_rate:
                 best, best_rate = length, rate
             elif not self.look_ahead:  # stop here, whatever later positions might bring (see the class docstring)
@@ -163,30 +171,21 @@ class PrefixScheduler:
 
     def __call__(self, prefix_probs: Sequence[float]) -> int:
         best, best_rate = self.best_length(prefix_probs)
-        if best_rate * self.verify_s[0] < 1.0:  # slower than plain decoding: wait before drafting again
+        if best_rate * (self.verify_s[0] + self._extra[False]) < 1.0:  # slower than plain decoding: wait
             self._back_off()
-        elif self._paid_so_far():
+        else:
             self._wait = 1
         return best
 
-    def observe(self, tokens: int, seconds: float, speculative: bool) -> None:
-        """After each round (wall clock, the loop's work included): a plain one-token round measures plain decoding
-        here; a speculative one (drafting or prompt lookup) what speculation yields. While speculation has yielded
-        fewer tokens per second than plain decoding, drafting waits as in `__call__`."""
+    def observe(self, tokens: int, seconds: float, drafted: bool) -> None:
+        """After a round: its forward carried `tokens` tokens, it took `seconds` (wall clock, the loop's work
+        included), and it drafted or not. What it took beyond its modelled cost is added to plans from then on."""
         if seconds <= 0 or not self.watch_rounds:
             return
-        if not speculative:
-            self._plain_s = _moving_average(self._plain_s, seconds)
-            return
-        self._tokens = _moving_average(self._tokens, tokens)
-        self._seconds = _moving_average(self._seconds, seconds)
-        if self._idle == 0 and not self._paid_so_far():
-            self._back_off()
-
-    def _paid_so_far(self) -> bool:
-        if self._tokens is None or self._seconds is None:
-            return True  # nothing measured yet: the forecast decides
-        return self._tokens * (self._plain_s or self.verify_s[0]) >= self._seconds
+        modelled = self.measured[min(tokens, len(self.measured)) - 1] + (self.draft_s if drafted else 0.0)
+        weight = EXTRA_WEIGHT if self._measured[drafted] else 1.0
+        self._extra[drafted] += weight * (seconds - modelled - self._extra[drafted])
+        self._measured[drafted] = True
 
     def _back_off(self) -> None:
         self._idle, self._wait = min(self._wait, self.max_idle_rounds), min(2 * self._wait, self.max_idle_rounds)
@@ -201,11 +200,6 @@ class PrefixScheduler:
     def __repr__(self) -> str:
         verify = f"{self.verify_s[0] * 1e3:.1f}-{self.verify_s[-1] * 1e3:.1f} ms"
         return f"PrefixScheduler(draft {self.draft_s * 1e3:.1f} ms, verify {verify})"
-
-
-def _moving_average(average: float | None, value: float, weight: float = 0.3) -> float:
-    """Exponential moving average (the first value starts it): recent rounds count most."""
-    return value if average is None else (1 - weight) * average + weight * value
 
 
 def schedule_batch(

@@ -446,7 +446,7 @@ class Drafting:
         self.should_draft = getattr(policy, "should_draft", None)  # a policy may skip drafting that does not pay
         # a cost-aware policy also sizes lookup continuations (the others verify all that was found)
         self.lookup_length = getattr(policy, "best_length", None)
-        self.observe_round = getattr(policy, "observe", None)  # ... and may watch what rounds yield and take
+        self.observe_round = getattr(policy, "observe", None)  # ... and may watch what rounds take
         # this call's record, which corrects the estimates the policy sees (from earlier rounds only, so sampling
         # stays exact): drafts accepted against the drafter's own forecast of them, and lookup drafts accepted against
         # lookup drafts reached (verified with every draft before them accepted). Both start from a small prior.
@@ -458,6 +458,7 @@ class Drafting:
         self._started = self._last_record = perf_counter()
         self._one_offs = one_off_work()
         self._pending: tuple[int, int, bool, float] | None = None  # (drafted, verified, lookup round, forecast)
+        self._drafting_ran = False  # this round drafted a block (a lookup round may not have)
 
     @property
     def num_drafting_tokens(self) -> int:
@@ -491,6 +492,7 @@ class Drafting:
         started = perf_counter()
         space = room(self.max_length, input_ids.shape[1])
         budget = min(self.block_size, space)
+        self._drafting_ran = False
         if budget <= 0 or (self.should_draft is not None and not self.should_draft()):
             # room for the target's own token only, or drafting does not pay now: look up, else a plain round
             found = self._looked_up(input_ids, space, None)
@@ -500,6 +502,7 @@ class Drafting:
         # a whole block is drafted even where the budget is shorter: positions after it do not change those before
         gamma = self.block_size
         block = self.graphs.draft(input_ids[:, -1]) if self.graphs is not None else self._draft_eager(input_ids)
+        self._drafting_ran = True
         # one device->host transfer per round: token ids (exact in float64), prefix survival a_k = Π c_i, the guide
         host = block.packed.tolist()
         if min(host[:gamma]) < 0:  # top-k ties ran past the graphed kernel's candidate list: the loop keeps them all
@@ -576,4 +579,4 @@ class Drafting:
         self.stats.record(drafted, verified, accepted, looked_up)
         self.stats.total_time_s = now - self._started
         if self.observe_round is not None and self.stats.rounds > 1 and not one_off:  # round 1 may hold the prefill
-            self.observe_round(accepted + 1, seconds, speculative=drafted > 0)
+            self.observe_round(verified + 1, seconds, drafted=self._drafting_ran)
