@@ -56,7 +56,7 @@ def device_costs(path: Path) -> tuple[dict[int, float], float, float, float, str
             below, above = max(k for k in known if k < n), min(k for k in known if k > n)
             verify[n] = verify[below] + (verify[above] - verify[below]) * (n - below) / (above - below)
     plain_step = 1.0 / record["methods"]["plain_compiled"]["tok_s"]
-    beside = each["append context"] + each["accept"]
+    beside = each.get("keep context", each.get("append context", 0.0)) + each["accept"]  # (the older records' name)
     return dict(sorted(verify.items())), beside, each["draft"], plain_step, record["device"]
 
 

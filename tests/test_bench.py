@@ -167,7 +167,7 @@ def test_bench_times_the_static_loops_rounds_phase_by_phase(tmp_path, capsys, mo
     assert main(args) == 0
     profile = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["methods"]["dspark"]["profile"]
     phases = profile["round_phases"]
-    assert {"append context", "draft", "accept"} < set(phases) and phases["draft"][1] == profile["rounds"] > 0
+    assert {"keep context", "draft", "accept"} < set(phases) and phases["draft"][1] == profile["rounds"] > 0
     assert sum(times for name, (_, times) in phases.items() if name.startswith("verify ")) == profile["rounds"]
     table = (tmp_path / "r.md").read_text()
     assert "A round of the static loop, phase by phase" in table and "| dspark | **whole round** |" in table

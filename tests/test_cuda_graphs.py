@@ -75,7 +75,7 @@ def test_rows_past_the_new_ones_are_overwritten_and_never_seen():
     graphs = DraftingGraphs(drafter, 64, rows=8, capture=DEVICE == "cuda").use(generator.settings, 8)
     hidden = target(ids[:, :9], output_hidden_states=True).hidden_states
     for start, new in ((0, 3), (3, 2), (5, 4)):  # the context grows in steps, as rounds append
-        graphs.append(tuple(h[:, start:] for h in hidden), new)
+        graphs.append(drafter.context_features(tuple(h[:, start:] for h in hidden), new))
     assert graphs.cache.length == 9
     generator.cache = graphs.cache  # the eager round reads the same cache, sliced to its length
     eager, fixed = generator._draft_eager(ids), graphs.draft(ids[:, 9])
@@ -87,3 +87,28 @@ def test_rows_past_the_new_ones_are_overwritten_and_never_seen():
     drafter.append_context(fresh, drafter.fuse_context(hidden))
     for layer in range(len(drafter.layers)):
         torch.testing.assert_close(fresh.get(layer)[0], graphs.cache.get(layer)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fixed_shape", [False, True])
+def test_context_kept_while_drafting_waits_goes_in_at_once(monkeypatch, fixed_shape):
+    """Rounds that do not draft append nothing to the drafter's context cache; the next draft appends every position
+    they verified in one step (a graph replay where it fits), giving the cache that appending round by round gives."""
+    if fixed_shape:
+        fixed_shape_rounds(monkeypatch, capture=DEVICE == "cuda")
+    target = tiny_target(seed=5, sharp=4.0).to(DEVICE)
+    ids = torch.randint(0, 32, (1, 12), generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    drafter = primed_drafter(target, ids)
+    drafting = Drafting(drafter.bind(target), FixedLength(), 64, set())
+    hidden = target(ids[:, :11], output_hidden_states=True).hidden_states
+    drafting.observe(hidden, 6)  # the prompt's 6 positions, appended by the first draft
+    drafting.propose(ids[:, :7])
+    assert drafting.cache.length == 6
+    for start, end in ((6, 9), (9, 10), (10, 11)):  # three rounds that did not draft: nothing appended
+        drafting.observe(tuple(h[:, start:] for h in hidden), end)
+        assert drafting.cache.length == 6
+    drafting.propose(ids[:, :12])  # 5 positions in one append (a replay in the fixed-shape round)
+    assert drafting.cache.length == 11
+    appended = drafter.new_context_cache()
+    drafter.append_context(appended, drafter.fuse_context(hidden))
+    for layer in range(len(drafter.layers)):
+        torch.testing.assert_close(drafting.cache.get(layer)[0], appended.get(layer)[0], rtol=1e-5, atol=1e-6)

@@ -68,8 +68,8 @@ def test_rounds_timed_phase_by_phase_add_up_and_change_nothing(monkeypatch):
     stats = drafter.stats
     phases = stats.round_phases
     verify = {int(name.split()[1]): times for name, (_, times) in phases.items() if name.startswith("verify ")}
-    assert set(phases) - {f"verify {n}" for n in verify} == {"append context", "draft", "accept"}
-    assert all(phases[name][1] == stats.rounds for name in ("append context", "draft", "accept"))
+    assert set(phases) - {f"verify {n}" for n in verify} == {"keep context", "draft", "accept"}
+    assert all(phases[name][1] == stats.rounds for name in ("keep context", "draft", "accept"))
     assert sum(verify.values()) == stats.rounds and all(seconds > 0 for seconds, _ in phases.values())
     assert verify == {n + 1: stats.verified_per_round.count(n) for n in set(stats.verified_per_round)}
 

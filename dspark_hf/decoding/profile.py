@@ -288,7 +288,7 @@ def measure_draft(
     def draft() -> None:
         cache.length = steady  # rewind: the same three positions are appended again each time
         if graphs is not None:
-            graphs.append(last, new)
+            graphs.append(drafter.context_features(last))
             graphs.draft(ids[:, -1]).packed.tolist()
             return
         drafter.append_context(cache, drafter.fuse_context(last))

@@ -2,8 +2,9 @@
 
 A round, as `Drafting` runs it for either loop (Transformers' assisted loop through `candidates.py`, or ours in
 `static_loop.py`):
-  1. `observe`: append the target's features of the newly verified tokens to the drafter's context cache;
-  2. `propose`: unless the policy says drafting does not pay now (`should_draft`), one backbone pass over the
+  1. `observe`: keep the target's features of the newly verified tokens for the drafter's context cache;
+  2. `propose`: unless the policy says drafting does not pay now (`should_draft`), append what was kept to the
+     context cache (all rounds since the last draft at once), then one backbone pass over the
      anchor-first block and the Markov draft (`draft_block`: one fused Triton launch on CUDA, the PyTorch loop
      elsewhere; replayed from two CUDA graphs where it can be, `DraftingGraphs`); cut at EOS and at the length budget
      (`room`); prompt lookup may take the round instead (`lookup_continuation`); the policy picks the prefix L;
@@ -344,9 +345,10 @@ class DraftingGraphs:
             self.drafter, self.settings, self.anchor, positions, context, mask=visible, barrier=self.barrier
         )
 
-    def append(self, hidden_states: tuple[torch.Tensor, ...], new: int) -> None:
-        """Append the features of `new` (<= max_new) newly verified positions, as `append_context` does."""
-        self.features[:, :new].copy_(self.drafter.context_features(hidden_states, new))
+    def append(self, features: torch.Tensor) -> None:
+        """Append the target's features (`context_features`, at most `max_new` positions), as `append_context` does."""
+        new = features.shape[1]
+        self.features[:, :new].copy_(features)
         self.start.fill_(self.cache.length)
         if self.graphs is None:
             self._append_step()
@@ -454,6 +456,8 @@ class Drafting:
         self.lookup_accepted, self.lookup_reached = 1, 1
         self.graphs = drafting_graphs(drafter, self.settings, max_length, self.num_drafting_tokens + 1)
         self.cache: DSparkContextCache = self.graphs.cache if self.graphs is not None else drafter.new_context_cache()
+        self._held: list[torch.Tensor] = []  # features of verified positions not yet in the cache (`observe`)
+        self._seen = 0  # positions observed: those in the cache and those held
         self.stats = DSparkStats(block_size=self.num_drafting_tokens)
         self._started = self._last_record = perf_counter()
         self._one_offs = one_off_work()
@@ -466,18 +470,28 @@ class Drafting:
         return max(self.block_size, self.lookup_tokens)
 
     def observe(self, hidden_states: tuple[torch.Tensor, ...], verified_len: int) -> None:
-        """Append the target's features of the positions verified since the last round (the last `new` positions of
-        `hidden_states`) to the context cache."""
-        new = verified_len - self.cache.length
+        """Keep the target's features of the positions verified since the last round (the first ones of
+        `hidden_states`) for the drafter's context cache. They go in when the generator next drafts (`_catch_up`), all
+        at once: while drafting waits, plain rounds append nothing."""
+        new = verified_len - self._seen
         if hidden_states is None or new < 1 or hidden_states[0].shape[1] < new:
             raise RuntimeError(
                 "DSpark lost track of the target's verified tokens "
-                f"(cache {self.cache.length}, sequence {verified_len}); this is a bug, please report it."
+                f"(seen {self._seen}, sequence {verified_len}); this is a bug, please report it."
             )
-        if self.graphs is not None and new <= self.graphs.max_new:
-            self.graphs.append(hidden_states, new)
-        else:  # the prompt, or the eager round
-            self.drafter.append_context(self.cache, self.drafter.fuse_context(hidden_states, new))
+        self._held.append(self.drafter.context_features(hidden_states, new))  # a copy: replays overwrite the states
+        self._seen = verified_len
+
+    def _catch_up(self) -> None:
+        """Append the held features to the context cache in one step (a graph replay where it fits)."""
+        if not self._held:
+            return
+        features = self._held[0] if len(self._held) == 1 else torch.cat(self._held, dim=1)
+        self._held = []
+        if self.graphs is not None and features.shape[1] <= self.graphs.max_new:
+            self.graphs.append(features)
+        else:  # the prompt, a long wait, or the eager round
+            self.drafter.append_context(self.cache, self.drafter.fuse_features(features))
 
     def _draft_eager(self, input_ids: torch.LongTensor) -> DraftedBlock:
         verified_len = input_ids.shape[1] - 1
@@ -501,6 +515,7 @@ class Drafting:
 
         # a whole block is drafted even where the budget is shorter: positions after it do not change those before
         gamma = self.block_size
+        self._catch_up()
         block = self.graphs.draft(input_ids[:, -1]) if self.graphs is not None else self._draft_eager(input_ids)
         self._drafting_ran = True
         # one device->host transfer per round: token ids (exact in float64), prefix survival a_k = Π c_i, the guide

@@ -168,7 +168,7 @@ def speculative_generate(
     while ids.shape[1] < config.max_length and new[-1] not in eos:
         clock.start()
         drafting.observe(hidden, ids.shape[1] - 1)
-        clock.lap("append context")
+        clock.lap("keep context")
         proposal = drafting.propose(ids)
         drafts = proposal.device_tokens if proposal is not None else ids.new_empty(0)
         candidates = torch.cat([ids[0], drafts])[None]
