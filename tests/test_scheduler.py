@@ -219,6 +219,7 @@ def test_generate_looks_ahead_only_when_greedy(tmp_path, monkeypatch):
         config = GenerationConfig(max_length=64, do_sample=do_sample)
         policy = resolve_policy("scheduler", target, drafter, config, static=False)
         assert isinstance(policy, PrefixScheduler) and policy.look_ahead is not do_sample
+        assert policy.watch_rounds is not do_sample  # sampling: no timing in its decisions, a seed reproduces it
     prompt = torch.randint(0, 32, (1, 6), generator=torch.Generator().manual_seed(1))
     drafter = primed_drafter(target, prompt)
     step = PrefixScheduler([1.0, 1.6, 1.6, 1.6, 1.6, 1.6, 1.7, 1.7], draft_s=0.0, look_ahead=True)

@@ -38,11 +38,13 @@ def make_gating(
     max_tokens: int | None = None,
     look_ahead: bool = False,
     static: bool = False,
+    watch_rounds: bool = True,
 ) -> GatingPolicy:
     """A policy from its name, as stored in `DSparkConfig.gating` or given on the CLI. The scheduler needs the target
     and the drafter: it reads what their rounds cost on this device (`profile.load_profile`, measured once and cached)
     for forwards of up to `max_tokens` new tokens (default: the drafter's block + 1); `look_ahead` (greedy decoding
-    only) lets it pick the best length overall (`PrefixScheduler`); `static`: the static loop verifies, at its costs."""
+    only) lets it pick the best length overall (`PrefixScheduler`); `static`: the static loop verifies, at its costs;
+    `watch_rounds`: it also plans with what rounds take beyond their measured cost (timing-dependent decisions)."""
     name, value = parse_gating(spec)
     if name == "threshold":
         return ConfidenceThreshold(threshold if value is None else value)
@@ -51,7 +53,8 @@ def make_gating(
     if target is None or drafter is None:
         raise ValueError("gating 'scheduler' needs the target and the drafter (it measures their costs)")
     profile = load_profile(target, drafter, max_tokens=max_tokens, static=static)
-    return PrefixScheduler(profile.verify_s[1], profile.draft_s[drafter_signature(drafter)], look_ahead=look_ahead)
+    draft_s = profile.draft_s[drafter_signature(drafter)]
+    return PrefixScheduler(profile.verify_s[1], draft_s, look_ahead=look_ahead, watch_rounds=watch_rounds)
 
 
 # a first call measures forwards as long as prompt lookup's usual continuations (16 drafts, what the bench and the demo
@@ -74,7 +77,8 @@ def resolve_policy(
     return make_gating(
         gating, drafter.config.confidence_threshold, target=target, drafter=drafter, max_tokens=longest,
         look_ahead=not config.do_sample,  # greedy: any L is lossless, so the scheduler may look past a step
-        static=static,
+        # sampling: decisions from the cached costs and this call's tokens only, so a seed fixes the sampled tokens
+        static=static, watch_rounds=not config.do_sample,
     )  # fmt: skip
 
 
