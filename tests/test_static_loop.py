@@ -154,6 +154,30 @@ def test_verification_forward_is_the_dynamic_cache_forward():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_an_uncaptured_forward_attends_to_the_slots_up_to_its_last_token_only(monkeypatch):
+    """Off a graph (the CPU, the prompt) attention covers start + tokens slots, not the whole capacity; the cache's
+    tensors stay whole (later forwards and graphs use them) and the result is the whole-capacity forward's."""
+    target = tiny_target(seed=3, sharp=4.0)
+    ids = torch.randint(0, 32, (1, 30), generator=torch.Generator().manual_seed(3))
+    static = StaticTarget(target, 64, capture=False)
+    keys_seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, *args, **kwargs):
+        keys_seen.append(key.shape[-2])
+        return sdpa(query, key, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    static.forward(ids[:, :20], 0)  # the first forward allocates the cache: it sees the whole capacity
+    logits, _ = static.forward(ids[:, 20:24], 20)
+    layers = len(static.cache.layers)
+    assert keys_seen == [64] * layers + [24] * layers
+    assert all(layer.keys.shape[2] == layer.values.shape[2] == 64 for layer in static.cache.layers)
+    static.start.fill_(20)
+    whole, _ = static._forward(ids[:, 20:24])  # the same forward over all 64 slots
+    torch.testing.assert_close(logits, whole, rtol=1e-5, atol=1e-5)
+
+
 def test_speculative_sampling_draws_from_the_target():
     """The first token it returns follows p whatever q proposed (chi-square over 20 000 draws), and it keeps a draft
     exactly with probability min(1, p/q)."""
