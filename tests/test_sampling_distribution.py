@@ -98,7 +98,8 @@ def test_speculative_sampling_matches_target_distribution(monkeypatch, markov_ra
 )
 def test_sampling_with_lookup_rounds_and_the_scheduler_matches_target_distribution(monkeypatch, warp):
     monkeypatch.setenv("DSPARK_STATIC_LOOP", "1" if warp.get("static_loop") else "0")
-    check_sampling(4, warp, layers=6)  # on 2 layers a scheduler that looks ahead no longer shows its bias
+    # on 2 layers a scheduler that looks ahead no longer shows its bias; lookup rounds run as well on 2
+    check_sampling(4, warp, layers=2 if "prompt_lookup_num_tokens" in warp else 6)
 
 
 def check_sampling(markov_rank: int, warp: dict, layers: int) -> None:
