@@ -184,7 +184,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     check_drafter_source(args.drafter)
     target, _ = load_target(args.target, allow_pickle=args.allow_pickle, device=args.device, dtype=args.dtype)
     drafter, trained = load_drafter(args.drafter, target)
-    profile = load_profile(target, drafter, args.batch_sizes, args.max_tokens, refresh=not args.cached)
+    load_profile(target, drafter, args.batch_sizes, args.max_tokens, refresh=not args.cached)
+    profile = load_profile(target, drafter, args.batch_sizes, args.max_tokens, do_sample=True)  # + a sampled round
     report = {
         "profile": asdict(profile), "path": str(profile_path(target)), "drafter": _drafter_label(drafter, trained),
         **environment(target.device),

@@ -267,8 +267,9 @@ def main() -> None:
     app = SideBySide(target, tokenizer, drafter, trained)
     # warm-up (and, the first time on a machine, the scheduler's cost profile): the first request runs steady
     log("3/3 warming up (the first time on a machine this also measures its costs, once, and caches them)")
-    for _ in app.run("Hello", 8, 0.0, "scheduler"):
-        pass
+    for temperature in (0.0, 0.7):  # greedy and sampled rounds have costs of their own
+        for _ in app.run("Hello", 8, temperature, "scheduler"):
+            pass
     log(f"ready after {perf_counter() - started:.0f} s; starting the web server")
     build_demo(app).launch()  # honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (default 127.0.0.1:7860)
 

@@ -120,7 +120,7 @@ def test_profile_command_measures_caches_and_reports(tiny_dir, tmp_path, capsys,
     report = json.loads(captured.out.strip().splitlines()[-1])
     profile = report["profile"]
     assert set(profile["verify_s"]) == {"1", "2"} and all(len(row) == 8 for row in profile["verify_s"].values())
-    assert len(profile["draft_s"]) == 1 and report["path"].startswith(str(tmp_path / "cache" / "profiles"))
+    assert len(profile["draft_s"]) == 2 and report["path"].startswith(str(tmp_path / "cache" / "profiles"))
     assert "measuring costs" in captured.err and "profiling verification" in captured.err  # message + progress bar
     assert Path(report["path"]).is_file() and {"device", "torch", "date", "command"} <= set(report)
     table = (tmp_path / "prof.md").read_text()

@@ -25,8 +25,9 @@ from dspark_hf import (
     schedule_batch,
 )
 from dspark_hf.decoding import round as round_module
+from dspark_hf.decoding import routing
 from dspark_hf.decoding.policies import convex_envelope, isotonic
-from dspark_hf.decoding.profile import _median_seconds, drafter_signature, profile_path
+from dspark_hf.decoding.profile import _median_seconds, draft_key, drafter_signature, profile_path
 from dspark_hf.decoding.round import FORECAST_PRIOR, Drafting
 
 pytestmark = pytest.mark.compat
@@ -126,6 +127,31 @@ def test_profile_is_measured_once_cached_and_extended(tmp_path, monkeypatch):
     path.write_text("{not json")
     assert load_profile(target, drafter, progress=False).verify_s[1]  # unreadable: measured again, not a crash
     assert profile_path(tiny_target(seed=1, hidden_size=64, intermediate_size=96)) != path  # another model, own file
+
+
+def test_sampled_calls_plan_with_a_sampled_drafting_round(tmp_path, monkeypatch):
+    """A sampled round also draws its drafts and accepts them by rejection sampling: its cost has an entry of its own,
+    measured when a sampled call first needs it and cached; sampled calls plan with it, greedy ones with theirs."""
+    monkeypatch.setenv("DSPARK_HF_CACHE", str(tmp_path))
+    monkeypatch.setenv("DSPARK_STATIC_LOOP", "0")
+    target = tiny_target(seed=1)
+    drafter = DSparkDrafter.from_target(target, markov_rank=8, block_size=5)
+    assert set(load_profile(target, drafter, progress=False).draft_s) == {draft_key(drafter, False)}
+    planned = []
+
+    def spy(*args, **kwargs):
+        policy = make_gating(*args, **kwargs)
+        planned.append(policy.draft_s)
+        return policy
+
+    monkeypatch.setattr(routing, "make_gating", spy)
+    prompt = torch.tensor([[1, 5, 9, 2]])
+    target.generate(prompt, assistant_model=drafter, max_new_tokens=8, do_sample=True, temperature=0.7)
+    target.generate(prompt, assistant_model=drafter, max_new_tokens=8, do_sample=False)
+    profile = CostProfile.from_json(profile_path(target).read_text())
+    assert set(profile.draft_s) == {draft_key(drafter, False), draft_key(drafter, True)}
+    assert draft_key(drafter, True) != draft_key(drafter, False) and profile.draft_s[draft_key(drafter, True)] > 0
+    assert planned == [profile.draft_s[draft_key(drafter, True)], profile.draft_s[draft_key(drafter, False)]]
 
 
 def test_profile_is_still_used_when_the_cache_cannot_be_written(tmp_path, monkeypatch, capsys):

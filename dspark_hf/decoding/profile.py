@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
-from transformers import DynamicCache
+from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper
 
 from .. import env
 from ..kernels.cpu_linears import MIN_WEIGHT_ELEMENTS, onednn_linears, uses_onednn
@@ -33,7 +33,7 @@ from ..notices import log
 from ..targets import synchronize
 from . import compat
 from .policies import isotonic
-from .round import DraftSettings, draft_block, drafting_graphs
+from .round import DraftSettings, draft_block, drafting_graphs, speculative_sampling
 from .static_target import StaticTarget
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 PROFILE_FORMAT = 1
 PROFILE_CONTEXT_TOKENS = 256  # the context a verification forward attends to while being timed (a typical prompt)
+SAMPLED_TEMPERATURE = 0.7  # a sampled drafting round is timed at the demo's default temperature
 
 
 def device_name(device: torch.device) -> str:
@@ -65,8 +66,9 @@ class CostProfile:
     """Measured costs on one device for one target in one dtype.
 
     `verify_s[b][t - 1]`: seconds of one target forward carrying t new tokens for each of b sequences (b = batch size)
-    on a `context_tokens`-long cache, made nondecreasing in t. `draft_s[signature]`: seconds of one drafting round of a
-    drafter of that shape (`drafter_signature`), batch 1. CPU costs scale with torch's thread count, so it is kept.
+    on a `context_tokens`-long cache, made nondecreasing in t. `draft_s[key]`: seconds of one drafting round of a
+    drafter of that shape, greedy or sampled (`draft_key`), batch 1. CPU costs scale with torch's thread count, so it is
+    kept.
     """
 
     device: str
@@ -113,6 +115,12 @@ def drafter_signature(drafter: DSparkDrafter) -> str:
     shape = f"{c.num_hidden_layers}x{c.hidden_size}-ffn{c.intermediate_size}-markov{c.markov_rank}"
     vocab = f"-vocab{len(c.draft_vocab)}" if c.draft_vocab else ""  # a draft vocabulary shrinks the LM-head work
     return f"{shape}-block{c.block_size}{vocab}-{dtype}"
+
+
+def draft_key(drafter: DSparkDrafter, do_sample: bool) -> str:
+    """The profile's key for a drafting round's cost: the drafter's shape, and whether the call samples (a sampled
+    round draws its drafts and accepts them by rejection sampling, which a greedy one does not pay)."""
+    return drafter_signature(drafter) + ("-sampled" if do_sample else "")
 
 
 def _cache_file(target: PreTrainedModel, prefix: str, suffix: str, identity: list) -> Path:
@@ -267,18 +275,24 @@ def measure_verify(
 
 @torch.no_grad()
 def measure_draft(
-    target: PreTrainedModel, drafter: DSparkDrafter, context_tokens: int = PROFILE_CONTEXT_TOKENS, repeats: int = 7
+    target: PreTrainedModel,
+    drafter: DSparkDrafter,
+    context_tokens: int = PROFILE_CONTEXT_TOKENS,
+    repeats: int = 7,
+    do_sample: bool = False,
 ) -> float:
-    """Time a greedy drafting round as a call runs it — append three newly verified positions to a long cached
-    context, draft a block (`round.draft_block`, or its graphs where the round is captured), the one host copy — at
-    batch 1."""
+    """Time a drafting round as a call runs it — append three newly verified positions to a long cached context,
+    draft a block (`round.draft_block`, or its graphs where the round is captured), the one host copy — at batch 1.
+    `do_sample`: drafts sampled at `SAMPLED_TEMPERATURE`, plus what accepting them by rejection sampling costs beyond
+    the one-token draw that plain sampling makes anyway."""
     drafter.bind(target)
     new, gamma = 3, drafter.config.block_size
     vocab = target.get_output_embeddings().weight.shape[0]
     ids = torch.randint(vocab, (1, context_tokens + 1), generator=torch.Generator().manual_seed(0)).to(target.device)
     hidden = target(ids[:, :-1], output_hidden_states=True).hidden_states
     last = tuple(h[:, -new:] for h in hidden)
-    settings = DraftSettings.of(drafter, do_sample=False, logits_processor=None)
+    processors = LogitsProcessorList([TemperatureLogitsWarper(SAMPLED_TEMPERATURE)] if do_sample else [])
+    settings = DraftSettings.of(drafter, do_sample=do_sample, logits_processor=processors)
     graphs = drafting_graphs(drafter, settings, context_tokens + 8 * gamma, gamma + 1)
     cache = graphs.cache if graphs is not None else drafter.new_context_cache()
     drafter.append_context(cache, drafter.fuse_context(hidden, context_tokens - new))
@@ -295,8 +309,15 @@ def measure_draft(
         context = [cache.get(i) for i in range(len(drafter.layers))]
         draft_block(drafter, settings, ids[:, -1], positions, context, prefix_ids=ids).packed.tolist()
 
+    runs = [draft]
+    if do_sample:
+        p_logits = torch.randn(gamma + 1, vocab, generator=torch.Generator().manual_seed(1)).to(target.device)
+        q_logits, drafts = p_logits[:gamma] + 1.0, ids[0, :gamma]
+        runs.append(lambda: speculative_sampling(drafts, q_logits, processors(ids, p_logits)).tolist())
+        runs.append(lambda: torch.multinomial(processors(ids, p_logits[:1]).softmax(-1), 1).tolist())
     with linear_routing(target, drafter):  # as generation runs it
-        return _median_seconds([draft], target.device, repeats)[0]
+        seconds = _median_seconds(runs, target.device, repeats)
+    return seconds[0] + (max(seconds[1] - seconds[2], 0.0) if do_sample else 0.0)
 
 
 def load_profile(
@@ -307,10 +328,11 @@ def load_profile(
     refresh: bool = False,
     progress: bool = True,
     static: bool = False,
+    do_sample: bool = False,
 ) -> CostProfile:
     """The cached profile for this (device, target, dtype), measuring and saving whatever it lacks: the batch sizes,
-    up to `max_tokens` tokens per sequence (default: the drafter's block + 1), and the drafter's round. `static`: the
-    static loop's costs (batch 1), kept in a file of their own."""
+    up to `max_tokens` tokens per sequence (default: the drafter's block + 1), and the drafter's round, greedy or
+    sampled (`do_sample`). `static`: the static loop's costs (batch 1), kept in a file of their own."""
     path = profile_path(target, static)
     max_tokens = max_tokens or (drafter.config.block_size + 1 if drafter is not None else 8)
     profile = None
@@ -326,8 +348,8 @@ def load_profile(
             cpu_threads=torch.get_num_threads(),
         )  # fmt: skip
     missing = [b for b in batch_sizes if len(profile.verify_s.get(b, ())) < max_tokens]
-    signature = drafter_signature(drafter) if drafter is not None else None
-    if not missing and (signature is None or signature in profile.draft_s):
+    key = draft_key(drafter, do_sample) if drafter is not None else None
+    if not missing and (key is None or key in profile.draft_s):
         return profile
     if progress:
         print(f"[dspark] measuring costs on {profile.device} once; cached at {path}", file=sys.stderr)
@@ -335,8 +357,8 @@ def load_profile(
         profile.verify_s.update(
             measure_verify(target, missing, max_tokens, profile.context_tokens, progress=progress, static=static)
         )  # fmt: skip
-    if signature is not None and signature not in profile.draft_s:
-        profile.draft_s[signature] = measure_draft(target, drafter, profile.context_tokens)
+    if key is not None and key not in profile.draft_s:
+        profile.draft_s[key] = measure_draft(target, drafter, profile.context_tokens, do_sample=do_sample)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")

@@ -22,7 +22,7 @@ from ..configuration_dspark import parse_gating
 from ..modeling_dspark import DSparkDrafter
 from .candidates import DSparkCandidateGenerator
 from .policies import ConfidenceThreshold, FixedLength, GatingPolicy, PrefixScheduler
-from .profile import drafter_signature, linear_routing, load_profile
+from .profile import draft_key, linear_routing, load_profile
 from .round import DSparkStats
 from .static_loop import speculative_generate, static_loop_request
 
@@ -39,12 +39,14 @@ def make_gating(
     look_ahead: bool = False,
     static: bool = False,
     watch_rounds: bool = True,
+    do_sample: bool = False,
 ) -> GatingPolicy:
     """A policy from its name, as stored in `DSparkConfig.gating` or given on the CLI. The scheduler needs the target
     and the drafter: it reads what their rounds cost on this device (`profile.load_profile`, measured once and cached)
     for forwards of up to `max_tokens` new tokens (default: the drafter's block + 1); `look_ahead` (greedy decoding
     only) lets it pick the best length overall (`PrefixScheduler`); `static`: the static loop verifies, at its costs;
-    `watch_rounds`: it also plans with what rounds take beyond their measured cost (timing-dependent decisions)."""
+    `watch_rounds`: it also plans with what rounds take beyond their measured cost (timing-dependent decisions);
+    `do_sample`: at the cost of a sampled drafting round (drawing the drafts, accepting them by rejection sampling)."""
     name, value = parse_gating(spec)
     if name == "threshold":
         return ConfidenceThreshold(threshold if value is None else value)
@@ -52,8 +54,8 @@ def make_gating(
         return FixedLength(None if value is None else int(value))
     if target is None or drafter is None:
         raise ValueError("gating 'scheduler' needs the target and the drafter (it measures their costs)")
-    profile = load_profile(target, drafter, max_tokens=max_tokens, static=static)
-    draft_s = profile.draft_s[drafter_signature(drafter)]
+    profile = load_profile(target, drafter, max_tokens=max_tokens, static=static, do_sample=do_sample)
+    draft_s = profile.draft_s[draft_key(drafter, do_sample)]
     return PrefixScheduler(profile.verify_s[1], draft_s, look_ahead=look_ahead, watch_rounds=watch_rounds)
 
 
@@ -78,7 +80,7 @@ def resolve_policy(
         gating, drafter.config.confidence_threshold, target=target, drafter=drafter, max_tokens=longest,
         look_ahead=not config.do_sample,  # greedy: any L is lossless, so the scheduler may look past a step
         # sampling: decisions from the cached costs and this call's tokens only, so a seed fixes the sampled tokens
-        static=static, watch_rounds=not config.do_sample,
+        static=static, watch_rounds=not config.do_sample, do_sample=bool(config.do_sample),
     )  # fmt: skip
 
 
