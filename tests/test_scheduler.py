@@ -146,12 +146,16 @@ def test_sampled_calls_plan_with_a_sampled_drafting_round(tmp_path, monkeypatch)
 
     monkeypatch.setattr(routing, "make_gating", spy)
     prompt = torch.tensor([[1, 5, 9, 2]])
-    target.generate(prompt, assistant_model=drafter, max_new_tokens=8, do_sample=True, temperature=0.7)
+    sampled = []
+    for _ in range(2):  # the first call measures the sampled round, and still draws what a seeded call draws
+        torch.manual_seed(3)
+        sampled.append(target.generate(prompt, assistant_model=drafter, max_new_tokens=24, do_sample=True).tolist())
     target.generate(prompt, assistant_model=drafter, max_new_tokens=8, do_sample=False)
+    assert sampled[0] == sampled[1]
     profile = CostProfile.from_json(profile_path(target).read_text())
     assert set(profile.draft_s) == {draft_key(drafter, False), draft_key(drafter, True)}
     assert draft_key(drafter, True) != draft_key(drafter, False) and profile.draft_s[draft_key(drafter, True)] > 0
-    assert planned == [profile.draft_s[draft_key(drafter, True)], profile.draft_s[draft_key(drafter, False)]]
+    assert planned == [*[profile.draft_s[draft_key(drafter, True)]] * 2, profile.draft_s[draft_key(drafter, False)]]
 
 
 def test_profile_is_still_used_when_the_cache_cannot_be_written(tmp_path, monkeypatch, capsys):

@@ -315,7 +315,9 @@ def measure_draft(
         q_logits, drafts = p_logits[:gamma] + 1.0, ids[0, :gamma]
         runs.append(lambda: speculative_sampling(drafts, q_logits, processors(ids, p_logits)).tolist())
         runs.append(lambda: torch.multinomial(processors(ids, p_logits[:1]).softmax(-1), 1).tolist())
-    with linear_routing(target, drafter):  # as generation runs it
+    # the global generators as they were: a sampled call that measures first draws what a seeded call draws
+    rng_devices = [target.device] if target.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices), linear_routing(target, drafter):  # as generation runs it
         seconds = _median_seconds(runs, target.device, repeats)
     return seconds[0] + (max(seconds[1] - seconds[2], 0.0) if do_sample else 0.0)
 
