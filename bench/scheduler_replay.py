@@ -14,10 +14,12 @@ it goes to the device. Modelled tokens per second are set beside one compiled pl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 from pathlib import Path
+from unittest import mock
 
 os.environ.setdefault("DSPARK_STATIC_LOOP", "1")  # the GPU's loop, run uncaptured on the CPU
 
@@ -82,17 +84,13 @@ def replay(target, tokenizer, drafter, prompt: str, costs, variant: str, max_new
     chat = [{"role": "user", "content": prompt}]
     text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
     ids = tokenizer(text, return_tensors="pt").input_ids
-    corrected = round_module.Drafting.corrected
-    if variant == "no-correction":
-        round_module.Drafting.corrected = lambda self, probs: list(probs)
-    try:
-        with torch.no_grad():
-            out = target.generate(
-                ids, attention_mask=torch.ones_like(ids), assistant_model=drafter, gating=policy, do_sample=False,
-                max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id,
-            )  # fmt: skip
-    finally:
-        round_module.Drafting.corrected = corrected
+    # the ablation: the drafter's forecast as it is, not scaled by how this call's drafts fared
+    uncorrected = mock.patch.object(round_module.Drafting, "corrected", lambda self, probs: list(probs))
+    with uncorrected if variant == "no-correction" else contextlib.nullcontext(), torch.no_grad():
+        out = target.generate(
+            ids, attention_mask=torch.ones_like(ids), assistant_model=drafter, gating=policy, do_sample=False,
+            max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id,
+        )  # fmt: skip
     stats = drafter.stats
     new = out.shape[1] - ids.shape[1]
     drafting = sum(drafted for _, drafted in policy.rounds)

@@ -149,16 +149,15 @@ class PrefixScheduler:
         self._idle = 0  # rounds left to skip
         self._wait = 1  # rounds to skip after the next round that does not pay
         # seconds a round took beyond its modelled cost (`observe`), moving averages started by the first round
-        # measured: rounds that drafted, and rounds that did not
-        self._extra = {True: 0.0, False: 0.0}
-        self._measured = {True: False, False: False}
+        # measured (None: none yet): rounds that drafted, and rounds that did not
+        self._extra: dict[bool, float | None] = {True: None, False: None}
 
     def best_length(self, prefix_probs: Sequence[float]) -> tuple[int, float]:
         """(L, its expected tokens per second), with no side effects: the stopping rule of the class docstring, or
         with `look_ahead` the best L overall. Also sizes prompt-lookup continuations, whose survival the generator
         estimates from earlier rounds."""
         costs = self.measured if self.look_ahead else self.verify_s
-        fixed = self.draft_s + self._extra[True]
+        fixed = self.draft_s + (self._extra[True] or 0.0)
         best, best_rate, gain = 0, 1.0 / (fixed + costs[0]), 1.0
         for length, a in enumerate(prefix_probs[: len(costs) - 1], start=1):
             gain += a
@@ -171,7 +170,7 @@ class PrefixScheduler:
 
     def __call__(self, prefix_probs: Sequence[float]) -> int:
         best, best_rate = self.best_length(prefix_probs)
-        if best_rate * (self.verify_s[0] + self._extra[False]) < 1.0:  # slower than plain decoding: wait
+        if best_rate * (self.verify_s[0] + (self._extra[False] or 0.0)) < 1.0:  # slower than plain decoding: wait
             self._back_off()
         else:
             self._wait = 1
@@ -183,9 +182,8 @@ class PrefixScheduler:
         if seconds <= 0 or not self.watch_rounds:
             return
         modelled = self.measured[min(tokens, len(self.measured)) - 1] + (self.draft_s if drafted else 0.0)
-        weight = EXTRA_WEIGHT if self._measured[drafted] else 1.0
-        self._extra[drafted] += weight * (seconds - modelled - self._extra[drafted])
-        self._measured[drafted] = True
+        excess, average = seconds - modelled, self._extra[drafted]
+        self._extra[drafted] = excess if average is None else average + EXTRA_WEIGHT * (excess - average)
 
     def _back_off(self) -> None:
         self._idle, self._wait = min(self._wait, self.max_idle_rounds), min(2 * self._wait, self.max_idle_rounds)
