@@ -79,13 +79,8 @@ def test_speculative_sampling_matches_target_distribution(monkeypatch, markov_ra
     [
         # the scheduler with costs under which the best L often hangs on later confidences (so on sampled tokens):
         # it must decide L one position at a time, from what precedes each position only
-        # (3000 samples: the bias of a scheduler that looked ahead showed as chi-square 211 against 137 there)
-        {
-            "gating": PrefixScheduler([1.0, 1.3, 1.4, 1.5], 0.0, watch_rounds=False),
-            "seed": 7,
-            "confidence_std": 1.0,
-            "samples": 3000,
-        },
+        # (the bias of a scheduler that looked ahead showed as chi-square 189 against a critical 120 here)
+        {"gating": PrefixScheduler([1.0, 1.3, 1.4, 1.5], 0.0, watch_rounds=False), "seed": 7, "confidence_std": 1.0},
         # lookup rounds under a scheduler whose costs make it cut a continuation once a lookup draft failed
         {"gating": PrefixScheduler([1.0, 1.6, 2.2, 2.8], 0.0, watch_rounds=False), "prompt_lookup_num_tokens": 3},
         {
@@ -128,8 +123,7 @@ def check_sampling(markov_rank: int, warp: dict, layers: int) -> None:
     accepted = rejected = looked_up = 0
     first_lengths = []
     lookup = {key: warp[key] for key in ("prompt_lookup_num_tokens",) if key in warp}
-    samples = warp.get("samples", SAMPLES)
-    for _ in range(samples):
+    for _ in range(SAMPLES):
         out = target.generate(
             prompt,
             assistant_model=drafter,
@@ -151,17 +145,17 @@ def check_sampling(markov_rank: int, warp: dict, layers: int) -> None:
 
     assert drafter.stats.loop == ("static" if warp.get("static_loop") else "transformers")
     if lookup:  # rounds that verify looked-up tokens (no q: exact matching against the target's sample) must run
-        assert looked_up > samples * 0.08, looked_up
+        assert looked_up > SAMPLES * 0.08, looked_up
 
     # the scheduler verified every length from 0 to 3 in the first round, often shorter ones (with lookup and dear
     # costs no draft is verified in a first round: the lookup rounds above carry that case)
     if "gating" in warp and not lookup:
-        assert set(first_lengths) == {0, 1, 2, 3} and accepted > samples * 0.05 and rejected > samples * 0.3
+        assert set(first_lengths) == {0, 1, 2, 3} and accepted > SAMPLES * 0.05 and rejected > SAMPLES * 0.3
     elif "gating" not in warp:
-        assert accepted > samples * 0.3 and rejected > samples * 0.3, "both accept and reject paths must be exercised"
-    stat, critical = chi_square(counts, expected, samples)
+        assert accepted > SAMPLES * 0.3 and rejected > SAMPLES * 0.3, "both accept and reject paths must be exercised"
+    stat, critical = chi_square(counts, expected, SAMPLES)
     assert stat < critical, f"chi-square {stat:.1f} >= critical {critical:.1f}: not the target's distribution"
 
     wrong = exact_joint(target, LogitsProcessorList([TemperatureLogitsWarper(temperature * 1.3), *processors[1:]]))
-    wrong_stat, wrong_critical = chi_square(counts, wrong, samples)
+    wrong_stat, wrong_critical = chi_square(counts, wrong, SAMPLES)
     assert wrong_stat > wrong_critical, "the test cannot tell a slightly different distribution apart"
