@@ -209,6 +209,61 @@ def test_scheduler_decides_each_position_from_the_drafts_before_it():
         assert (chosen >= k) == (other >= k)
 
 
+def test_a_settled_length_is_the_length_the_policy_picks_from_every_position():
+    """`settled(a[:k])` says the policy's L is below k whatever later positions hold (so drafting may stop there):
+    it must then equal the L chosen from all positions, and it must say so right after the position that decided."""
+    rng = random.Random(4)
+    for _ in range(300):
+        gamma = rng.randint(2, 9)
+        probs, costs, draft = random_prefix_probs(rng, gamma), random_costs(rng, gamma + 1, False), rng.uniform(0, 20)
+        policies = [
+            PrefixScheduler(costs, draft),
+            ConfidenceThreshold(rng.uniform(0, 0.6)),
+            FixedLength(rng.randint(0, 9)),
+        ]
+        for policy in policies:
+            chosen = policy(probs)
+            for k in range(1, gamma + 1):
+                if policy.settled(probs[:k]):
+                    assert policy(probs[:k]) == chosen < k, (policy, probs, k)
+            if chosen < gamma:
+                assert policy.settled(probs[: chosen + 1]), (policy, probs)
+    ahead = PrefixScheduler([1.0, 9.0, 9.0], 0.0, look_ahead=True)  # greedy look-ahead reads every position
+    assert ahead([0.9, 0.9]) == 0 and not ahead.settled([0.9, 0.9])
+
+
+class Unsettled:
+    """A policy without `settled`: the round drafts its whole block."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def __call__(self, prefix_probs):
+        return self.policy(prefix_probs)
+
+
+def test_drafting_stops_where_the_policy_settled_and_the_tokens_stay_the_same():
+    """On the CPU a round drafts only until its policy has settled L: the same sampled tokens under a seed, the same
+    rounds, fewer positions drafted."""
+    target = tiny_target(seed=3, sharp=4.0)
+    prompt = torch.randint(0, 32, (1, 6), generator=torch.Generator().manual_seed(3))
+    drafter = primed_drafter(target, prompt)
+    for make in (
+        lambda: PrefixScheduler([1.0, 1.3, 1.4, 1.5, 1.9, 2.4, 3.0, 3.7], 0.1, watch_rounds=False),
+        lambda: ConfidenceThreshold(0.3),
+        lambda: FixedLength(2),
+    ):
+        runs = []
+        for policy in (make(), Unsettled(make())):
+            torch.manual_seed(0)
+            out = target.generate(prompt, assistant_model=drafter, do_sample=True, max_new_tokens=40, gating=policy)
+            stats = drafter.stats
+            runs.append((out.tolist(), stats.verified_per_round, stats.accepted_per_round, stats.drafted_tokens))
+        (out, verified, accepted, drafted), (whole_out, whole_verified, whole_accepted, whole_drafted) = runs
+        assert (out, verified, accepted) == (whole_out, whole_verified, whole_accepted), make()
+        assert sum(v > 0 for v in verified) > 3 and drafted < whole_drafted, (make(), drafted, whole_drafted)
+
+
 def test_scheduler_follows_the_cost_shape():
     probs = [0.9, 0.7, 0.5, 0.3, 0.2, 0.1, 0.05]
     flat = PrefixScheduler([25.0] * 8, draft_s=3.0)  # an H200 at batch 1: verifying more is free

@@ -8,10 +8,12 @@ looks at it, or further, verifies sampled drafts against a q they were not drawn
 (tests/test_scheduler.py, tests/test_sampling_distribution.py).
 
 A policy may also have `should_draft()` (False: skip drafting this round, a plain one-token step),
-`best_length(prefix_probs) -> (L, rate)` (sizes prompt-lookup continuations) and `observe(tokens, seconds,
-drafted)` (what each round's forward carried and the round took). Everything here is a pure function of
-prefix probabilities and costs; the costs themselves are measured in `profile.py`, and names are turned into policies
-in `routing.py` (`make_gating`).
+`best_length(prefix_probs) -> (L, rate)` (sizes prompt-lookup continuations), `observe(tokens, seconds,
+drafted)` (what each round's forward carried and the round took) and `settled(prefix_probs) -> bool` (True when
+these first estimates already fix an L below their count, whatever follows: drafting on the CPU stops there, since no
+later draft would be verified; pure, and False where L depends on later positions). Everything here is a pure
+function of prefix probabilities and costs; the costs themselves are measured in `profile.py`, and names are turned
+into policies in `routing.py` (`make_gating`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class FixedLength:
         n = len(prefix_probs)
         return n if self.length is None else min(self.length, n)
 
+    def settled(self, prefix_probs: Sequence[float]) -> bool:
+        return self.length is not None and self.length < len(prefix_probs)
+
     def __repr__(self) -> str:
         return f"FixedLength({self.length})"
 
@@ -59,6 +64,9 @@ class ConfidenceThreshold:
                 break
             length += 1
         return min(max(length, self.min_length), len(prefix_probs))
+
+    def settled(self, prefix_probs: Sequence[float]) -> bool:
+        return self(prefix_probs) < len(prefix_probs)
 
     def __repr__(self) -> str:
         return f"ConfidenceThreshold({self.threshold})"
@@ -167,6 +175,10 @@ class PrefixScheduler:
             elif not self.look_ahead:  # stop here, whatever later positions might bring (see the class docstring)
                 break
         return best, best_rate
+
+    def settled(self, prefix_probs: Sequence[float]) -> bool:
+        """The stopping rule has stopped within these positions (never with `look_ahead`, which reads them all)."""
+        return not self.look_ahead and self.best_length(prefix_probs)[0] < len(prefix_probs)
 
     def __call__(self, prefix_probs: Sequence[float]) -> int:
         best, best_rate = self.best_length(prefix_probs)

@@ -17,7 +17,7 @@ A round, as `Drafting` runs it for either loop (Transformers' assisted loop thro
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -245,10 +245,12 @@ def draft_block(
     mask: torch.Tensor | None = None,
     barrier: torch.Tensor | None = None,
     prefix_ids: torch.Tensor | None = None,
+    stop: Callable[[list[float]], bool] | None = None,
 ) -> DraftedBlock:
     """Draft γ tokens after `anchor` at `positions` from the context keys/values: backbone, LM-head rows, Markov
     draft. `mask` and `barrier` are the fixed-shape round's (`DraftingGraphs`); `prefix_ids`, the sequence so far, is
-    for logits processors that read it (the eager round's)."""
+    for logits processors that read it, and `stop` may end the block early (see `markov_draft_reference`): the eager
+    round's."""
     hidden = drafter(drafter.block_embeddings(anchor), positions, context, attention_mask=mask)[0]
     base_logits, w2, vocab_ids = drafter.draft_logits(hidden, restrict=settings.restrict_vocab, linear=linear)
     base_logits = base_logits.float()
@@ -267,6 +269,7 @@ def draft_block(
         prefix_ids=prefix_ids,
         vocab_ids=vocab_ids,
         barrier=barrier,
+        stop=stop,
     )
     # lookup is steered by the drafter's most likely first token, never by its sample: a choice between drafter
     # and lookup that looked at the sampled tokens would bias the q they are verified against
@@ -449,6 +452,7 @@ class Drafting:
         # a cost-aware policy also sizes lookup continuations (the others verify all that was found)
         self.lookup_length = getattr(policy, "best_length", None)
         self.observe_round = getattr(policy, "observe", None)  # ... and may watch what rounds take
+        self.settled = getattr(policy, "settled", None)  # ... and say when later drafts would not be verified
         # this call's record, which corrects the estimates the policy sees (from earlier rounds only, so sampling
         # stays exact): drafts accepted against the drafter's own forecast of them, and lookup drafts accepted against
         # lookup drafts reached (verified with every draft before them accepted). Both start from a small prior.
@@ -497,7 +501,12 @@ class Drafting:
         verified_len = input_ids.shape[1] - 1
         positions = torch.arange(verified_len, verified_len + self.block_size, device=input_ids.device)[None]
         context = [self.cache.get(i) for i in range(len(self.drafter.layers))]
-        return draft_block(self.drafter, self.settings, input_ids[:, -1], positions, context, prefix_ids=input_ids)
+        stop = None
+        if self.settled is not None and input_ids.device.type == "cpu":  # each check reads the survivals on the host
+            stop = lambda prefix_probs: self.settled(self.corrected(prefix_probs))  # noqa: E731
+        return draft_block(
+            self.drafter, self.settings, input_ids[:, -1], positions, context, prefix_ids=input_ids, stop=stop
+        )
 
     @torch.no_grad()
     def propose(self, input_ids: torch.LongTensor) -> Proposal | None:
@@ -513,21 +522,22 @@ class Drafting:
             self.stats.draft_time_s += perf_counter() - started
             return self._lookup_proposal(input_ids, found) if found else self._plain()
 
-        # a whole block is drafted even where the budget is shorter: positions after it do not change those before
-        gamma = self.block_size
+        # a whole block is drafted even where the budget is shorter (positions after it do not change those before),
+        # on the CPU only until the policy has settled how many drafts it verifies
         self._catch_up()
         block = self.graphs.draft(input_ids[:, -1]) if self.graphs is not None else self._draft_eager(input_ids)
         self._drafting_ran = True
         # one device->host transfer per round: token ids (exact in float64), prefix survival a_k = Π c_i, the guide
         host = block.packed.tolist()
-        if min(host[:gamma]) < 0:  # top-k ties ran past the graphed kernel's candidate list: the loop keeps them all
-            block = self._draft_eager(input_ids)
+        if min(host[: block.tokens.shape[0]]) < 0:  # top-k ties ran past the graphed kernel's candidate list: the
+            block = self._draft_eager(input_ids)  # loop keeps them all
             host = block.packed.tolist()
+        gamma = block.tokens.shape[0]  # the positions drafted
         found = self._looked_up(input_ids, space, int(host[-1]))
         self.stats.draft_time_s += perf_counter() - started
         if found:
             return self._lookup_proposal(input_ids, found)
-        drafted = len(cut_at_eos([int(t) for t in host[:budget]], self.eos_ids))
+        drafted = len(cut_at_eos([int(t) for t in host[: min(budget, gamma)]], self.eos_ids))
         forecast = host[gamma : gamma + drafted]
         length = max(0, min(int(self.policy(self.corrected(forecast))), drafted))
         self._pending = (drafted, length, False, sum(forecast[:length]))

@@ -18,6 +18,8 @@ way, applies top-k and top-p to that short list and draws the token, then masks 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .. import env
@@ -50,6 +52,7 @@ def markov_draft_reference(
     logits_processor=None,
     prefix_ids: torch.Tensor | None = None,
     vocab_ids: torch.Tensor | None = None,
+    stop: Callable[[list[float]], bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """PyTorch loop. base_logits (n, V); hidden (n, d); anchor (1,); w1, w2 (V, r) or None (Markov head off);
     conf_weight (d + r,); conf_bias (1,); conf_temps (>= n,) or None. Greedy when `uniforms` is None.
@@ -61,7 +64,10 @@ def markov_draft_reference(
 
     With a draft vocabulary `vocab_ids` (V' sorted token ids), base_logits, w2 and uniforms span those V' tokens and
     so does the returned q; w1 stays (vocab, r), since it is indexed by the previous token's id, and tokens are
-    token ids. Only vocabulary-agnostic processors (the warpers) may be given then."""
+    token ids. Only vocabulary-agnostic processors (the warpers) may be given then.
+
+    `stop`, called after each position with the prefix survivals so far, ends the block there when it returns True:
+    a policy that has settled how many drafts it verifies needs no later ones (the outputs are then shorter than n)."""
     d = hidden.shape[-1]
     # float32 views of the weights, made once per round rather than once per position
     w2 = w2.float() if w2 is not None else None
@@ -98,6 +104,8 @@ def markov_draft_reference(
         if logits_processor and prefix_ids is not None:  # (the warpers alone do not read it)
             prefix_ids = torch.cat([prefix_ids, token.view(1, 1).to(prefix_ids.dtype)], dim=-1)
         previous = token
+        if stop is not None and k + 1 < base_logits.shape[0] and stop(torch.cat(prefix).tolist()):
+            break
     return torch.cat(tokens), torch.cat(q_logits), torch.cat(confidences), torch.cat(prefix)
 
 
@@ -460,10 +468,12 @@ def markov_draft(
     logits_processor=None,
     prefix_ids=None,
     barrier: torch.Tensor | None = None,
+    stop: Callable[[list[float]], bool] | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dispatch: the fused kernel on CUDA (see `resolve_backend`) when it can apply `logits_processor` itself (see
-    `fused_sampling`); otherwise the PyTorch loop, which calls the processors.
+    `fused_sampling`); otherwise the PyTorch loop, which calls the processors. Only the loop stops early (`stop`):
+    the kernel drafts the whole block, which verification then cuts just the same.
 
     With `barrier` (see `markov_draft_triton`; for CUDA-graph capture) the kernel must run, and a top-k round whose
     ties overflowed is not rerun here, which would need a host sync: the caller finds its tokens of -1 and reruns."""
@@ -483,5 +493,5 @@ def markov_draft(
             return drafted
         # ties of the k-th value ran past the kernel's candidate list: the loop keeps every one of them
     return markov_draft_reference(
-        base_logits, *args, logits_processor=logits_processor, prefix_ids=prefix_ids, **kwargs
+        base_logits, *args, logits_processor=logits_processor, prefix_ids=prefix_ids, stop=stop, **kwargs
     )
