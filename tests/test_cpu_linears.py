@@ -196,6 +196,7 @@ def test_auto_routes_forwards_of_as_many_tokens_as_onednn_was_measured_faster_fo
         return {1: [0.001 if (way == "o") == onednn else 0.002 for way in faster[:max_tokens]]}
 
     monkeypatch.setattr(profile, "measure_verify", timed)
+    monkeypatch.setattr(profile, "measure_call", lambda target, rows, onednn: 1.0 if onednn else 2.0)
     monkeypatch.setattr(profile, "_ONEDNN_ROWS", {})
     packed, computed_rows = set(), []  # rows of the products swapped layers computed on their packed weights
 
@@ -232,6 +233,37 @@ def test_auto_routes_forwards_of_as_many_tokens_as_onednn_was_measured_faster_fo
         profile.onednn_rows(target)
 
 
+def test_auto_never_routes_where_a_calls_worth_of_forwards_ran_slower(tmp_path, monkeypatch, small_layers_routed):
+    """Faster forwards alone are not enough: on a 2-core Xeon the forwards of 4-8 tokens were faster each, yet a
+    call's worth of them, packing included, took longer. Then generate() packs nothing."""
+    monkeypatch.setenv("DSPARK_HF_CACHE", str(tmp_path))
+    monkeypatch.delenv(env.ONEDNN, raising=False)
+
+    def timed(target, batch_sizes, max_tokens, repeats, progress, onednn):
+        return {1: [0.001 if onednn else 0.002] * max_tokens}  # oneDNN faster at every count
+
+    calls = []
+
+    def call(target, rows, onednn):
+        calls.append((rows, onednn))
+        return 2.0 if onednn else 1.0
+
+    monkeypatch.setattr(profile, "measure_verify", timed)
+    monkeypatch.setattr(profile, "measure_call", call)
+    monkeypatch.setattr(profile, "_ONEDNN_ROWS", {})
+    target = tiny_target(seed=4, sharp=4.0)
+    assert profile.onednn_rows(target) is None
+    assert calls == [(1, True), (1, False), (1, True), (1, False)]  # both ways, in turn, from the counts' verdict
+    (cached,) = [p for p in (tmp_path / "profiles").iterdir() if p.name.startswith("onednn-")]
+    record = json.loads(cached.read_text())
+    assert record["from_tokens"] is None and (record["call_onednn_s"], record["call_default_s"]) == (2.0, 1.0)
+    prompt = torch.randint(0, 32, (1, 6), generator=torch.Generator().manual_seed(4))
+    drafter = primed_drafter(target, prompt)
+    packs = cpu_linears.packs_made()
+    assert_same_greedy(target, drafter, prompt, max_new_tokens=20, gating="fixed")
+    assert cpu_linears.packs_made() == packs
+
+
 def test_the_measurement_itself_times_both_ways_and_caches_its_verdict(tmp_path, monkeypatch, small_layers_routed):
     monkeypatch.setenv("DSPARK_HF_CACHE", str(tmp_path))
     monkeypatch.delenv(env.ONEDNN, raising=False)
@@ -243,7 +275,19 @@ def test_the_measurement_itself_times_both_ways_and_caches_its_verdict(tmp_path,
     assert len(onednn_s) == len(default_s) == profile.ONEDNN_TOKENS and min(onednn_s + default_s) > 0
     faster = [a < b for a, b in zip(onednn_s, default_s, strict=True)]
     assert record["from_tokens"] == rows
-    if rows is None:
-        assert not faster[-1]
-    else:  # faster from `rows` tokens on, and not at one token fewer
+    if rows is None:  # slower at 8 tokens, or over a call's worth of forwards
+        assert not faster[-1] or record["call_onednn_s"] >= record["call_default_s"]
+    else:  # faster from `rows` tokens on, not at one token fewer, and over a call
         assert all(faster[rows - 1 :]) and (rows == 1 or not faster[rows - 2])
+        assert record["call_onednn_s"] < record["call_default_s"]
+
+
+def test_a_calls_worth_of_forwards_is_timed_packing_once_per_block(small_layers_routed):
+    target = tiny_target(seed=1)
+    packs = cpu_linears.packs_made()
+    assert profile.measure_call(target, 4, onednn=False) > 0 and cpu_linears.packs_made() == packs
+    assert profile.measure_call(target, 4, onednn=True) > 0
+    once = cpu_linears.packs_made() - packs
+    assert once == sum(1 for m in target.modules() if type(m) is nn.Linear)  # every layer, once
+    profile.measure_call(target, 4, onednn=True)
+    assert cpu_linears.packs_made() - packs == 2 * once  # packed afresh in each block, as each call packs

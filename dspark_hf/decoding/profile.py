@@ -144,6 +144,7 @@ def profile_path(target: PreTrainedModel, static: bool = False) -> Path:
 
 
 ONEDNN_TOKENS = 8  # the measurement compares forwards of 1 .. this many new tokens (one-token steps, verification)
+CALL_FORWARDS = 32  # ... and then a call's worth of them (a 128-token call at ~4 tokens a round) in one routed block
 _ONEDNN_ROWS: dict[Path, int | None] = {}  # this process's decisions, by cache file
 
 
@@ -152,14 +153,17 @@ def onednn_rows(target: PreTrainedModel) -> int | None:
     with oneDNN on this machine (`cpu_linears.py`); None: never. oneDNN made few-token forwards 1.2-1.5x faster on a
     2-core AMD EPYC; on a 2-core Intel Xeon it was slower up to 3 tokens (one-token steps 1.2x dearer) and faster
     from 4. So it is measured, never assumed: target forwards of 1..8 new tokens on a 256-token context, each way,
-    twice in turn; oneDNN from the fewest tokens from which it was faster at every count measured. Measured once per
-    (machine, target, dtype) and cached beside the profiles; $DSPARK_ONEDNN=1 / 0 force it (1: every forward)."""
+    twice in turn; oneDNN from the fewest tokens from which it was faster at every count measured — if a call's worth
+    of forwards routed so, their weights packed once, also beat PyTorch's default (`measure_call`): on the Xeon the
+    forwards of 4-8 tokens were faster alone, yet such a block took 0.3-0.8 s longer (packing, and no gain once sizes
+    mix), and DSpark calls ran 10-16% faster without oneDNN. Measured once per (machine, target, dtype) and cached
+    beside the profiles; $DSPARK_ONEDNN=1 / 0 force it (1: every forward)."""
     if not uses_onednn(target):
         return None
     choice = env.onednn_choice()
     if choice != "auto":
         return 1 if choice == "1" else None
-    path = _cache_file(target, "onednn-", "", [f"from{MIN_WEIGHT_ELEMENTS}", torch.__version__, "rows"])
+    path = _cache_file(target, "onednn-", "", [f"from{MIN_WEIGHT_ELEMENTS}", torch.__version__, "rows", "call"])
     if path not in _ONEDNN_ROWS:
         try:
             rows = json.loads(path.read_text())["from_tokens"]
@@ -181,9 +185,17 @@ def _measure_onednn(target: PreTrainedModel, path: Path) -> int | None:
         if onednn_s[tokens - 1] >= default_s[tokens - 1]:
             break
         rows = tokens
-    record = {"from_tokens": rows, "onednn_s": onednn_s, "default_s": default_s}
+    record: dict = {"from_tokens": rows, "onednn_s": onednn_s, "default_s": default_s}
     pairs = enumerate(zip(onednn_s, default_s, strict=True), start=1)
     ms = "; ".join(f"{n}: {1e3 * a:.0f} / {1e3 * b:.0f}" for n, (a, b) in pairs)
+    if rows is not None:  # faster forwards must also repay a call's packing, among the forwards of other sizes
+        calls: dict[bool, list[float]] = {True: [], False: []}
+        for onednn in (True, False, True, False):
+            calls[onednn].append(measure_call(target, rows, onednn))
+        record["call_onednn_s"], record["call_default_s"] = min(calls[True]), min(calls[False])
+        ms += f"; a call's {CALL_FORWARDS} forwards {record['call_onednn_s']:.2f} / {record['call_default_s']:.2f} s"
+        if record["call_onednn_s"] >= record["call_default_s"]:
+            rows = record["from_tokens"] = None
     verdict = "never" if rows is None else f"from {rows} tokens on"
     log(f"forward ms by tokens, oneDNN / PyTorch's default: {ms}; DSpark uses oneDNN {verdict} here")
     try:
@@ -192,6 +204,31 @@ def _measure_onednn(target: PreTrainedModel, path: Path) -> int | None:
     except OSError as err:
         log(f"could not cache the oneDNN decision at {path} ({err}); set DSPARK_HF_CACHE")
     return rows
+
+
+@torch.no_grad()
+def measure_call(target: PreTrainedModel, rows: int, onednn: bool) -> float:
+    """Seconds of a call's worth of target forwards (`CALL_FORWARDS`: one-token steps between verifications of 1 ..
+    `ONEDNN_TOKENS` tokens) in one block, routed through oneDNN from `rows` tokens (weights packed once, as a
+    `generate()` call packs them) or not."""
+    vocab, context_tokens = target.get_output_embeddings().weight.shape[0], PROFILE_CONTEXT_TOKENS
+    ids = torch.randint(vocab, (1, context_tokens + ONEDNN_TOKENS), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(target.device)
+    cache = DynamicCache(config=target.config)
+    cache_kw = compat.cache_keyword(target)
+    target(ids[:, :context_tokens], use_cache=True, **{cache_kw: cache})
+    sizes = [n for k in range(1, ONEDNN_TOKENS + 1) for n in (1, k)]
+    routing = onednn_linears(target, min_rows=rows) if onednn else nullcontext()
+    synchronize(target.device)
+    started = perf_counter()
+    with routing:
+        for i in range(CALL_FORWARDS):
+            n = sizes[i % len(sizes)]
+            target(ids[:, context_tokens : context_tokens + n], use_cache=True, output_hidden_states=True,
+                   **{cache_kw: cache})  # fmt: skip
+            cache.crop(-n)
+    synchronize(target.device)
+    return perf_counter() - started
 
 
 def linear_routing(target: PreTrainedModel, *models: torch.nn.Module) -> AbstractContextManager:

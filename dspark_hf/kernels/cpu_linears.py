@@ -21,8 +21,9 @@ weight has at least `MIN_WEIGHT_ELEMENTS` entries for one that calls oneDNN on i
 (tokens) and PyTorch's default on others, and restores it on exit, the way Accelerate's hooks swap `forward`; layers
 whose `forward` is already swapped (Accelerate, another caller) and subclasses (quantized layers) are left alone.
 Where generation routes, and from how many tokens a forward on, is measured per machine (`decoding/profile.py`,
-`onednn_rows`: on a 2-core Intel Xeon oneDNN was slower up to 3 tokens and faster from 4); `DSPARK_ONEDNN=0` turns
-it off everywhere (`env.py`).
+`onednn_rows`: on a 2-core Intel Xeon oneDNN was slower up to 3 tokens and faster from 4 alone, but a call's worth of
+forwards, packing included, ran slower, so it routes nothing there); `DSPARK_ONEDNN=0` turns it off everywhere
+(`env.py`).
 """
 
 from __future__ import annotations
