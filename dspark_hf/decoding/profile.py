@@ -214,21 +214,30 @@ def measure_call(target: PreTrainedModel, rows: int, onednn: bool) -> float:
     vocab, context_tokens = target.get_output_embeddings().weight.shape[0], PROFILE_CONTEXT_TOKENS
     ids = torch.randint(vocab, (1, context_tokens + ONEDNN_TOKENS), generator=torch.Generator().manual_seed(0))
     ids = ids.to(target.device)
-    cache = DynamicCache(config=target.config)
-    cache_kw = compat.cache_keyword(target)
-    target(ids[:, :context_tokens], use_cache=True, **{cache_kw: cache})
+    verify = prefilled_verifier(target, ids[:, :context_tokens])
     sizes = [n for k in range(1, ONEDNN_TOKENS + 1) for n in (1, k)]
     routing = onednn_linears(target, min_rows=rows) if onednn else nullcontext()
     synchronize(target.device)
     started = perf_counter()
     with routing:
         for i in range(CALL_FORWARDS):
-            n = sizes[i % len(sizes)]
-            target(ids[:, context_tokens : context_tokens + n], use_cache=True, output_hidden_states=True,
-                   **{cache_kw: cache})  # fmt: skip
-            cache.crop(-n)
+            verify(ids[:, context_tokens : context_tokens + sizes[i % len(sizes)]])
     synchronize(target.device)
     return perf_counter() - started
+
+
+def prefilled_verifier(target: PreTrainedModel, context: torch.Tensor) -> Callable[[torch.Tensor], None]:
+    """A forward of new tokens after `context` as verification runs it (hidden states out), the cache rolled back
+    after each, so every call sees the same context."""
+    cache = DynamicCache(config=target.config)
+    cache_kw = compat.cache_keyword(target)
+    target(context, use_cache=True, **{cache_kw: cache})
+
+    def verify(new: torch.Tensor) -> None:
+        target(new, use_cache=True, output_hidden_states=True, **{cache_kw: cache})
+        cache.crop(-new.shape[1])
+
+    return verify
 
 
 def linear_routing(target: PreTrainedModel, *models: torch.nn.Module) -> AbstractContextManager:
@@ -279,7 +288,6 @@ def measure_verify(
     device = target.device
     vocab = target.get_output_embeddings().weight.shape[0]
     batch_sizes = sorted(set(batch_sizes))
-    cache_kw = compat.cache_keyword(target)
     passes = len(batch_sizes) * (repeats + 1)
     bar = tqdm(total=passes, desc="profiling verification", unit="pass", disable=not progress)
     costs: dict[int, list[float]] = {}
@@ -293,12 +301,7 @@ def measure_verify(
             on_static.forward(ids[:, :context_tokens], 0)
             verify = functools.partial(on_static.forward, start=context_tokens)
         else:
-            cache = DynamicCache(config=target.config)
-            target(ids[:, :context_tokens], use_cache=True, **{cache_kw: cache})
-
-            def verify(new: torch.Tensor, cache: DynamicCache = cache) -> None:
-                target(new, use_cache=True, output_hidden_states=True, **{cache_kw: cache})
-                cache.crop(-new.shape[1])
+            verify = prefilled_verifier(target, ids[:, :context_tokens])
 
         runs = [
             functools.partial(verify, ids[:, context_tokens : context_tokens + n]) for n in range(1, max_tokens + 1)
